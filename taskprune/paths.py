@@ -1,0 +1,102 @@
+"""Where a project's files live. Every stage reads and writes through these names."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from taskprune.errors import TaskPruneError
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+
+    @classmethod
+    def find(cls, start: Path | None = None) -> Project:
+        """The nearest directory holding params.yaml ($TASKPRUNE_PROJECT wins)."""
+        env = os.environ.get("TASKPRUNE_PROJECT")
+        if env:
+            return cls(Path(env).resolve())
+        here = (start or Path.cwd()).resolve()
+        for candidate in (here, *here.parents):
+            if (candidate / "params.yaml").is_file():
+                return cls(candidate)
+        raise TaskPruneError(f"no params.yaml in {here} or its parents: run inside a TaskPrune project")
+
+    params_file = property(lambda self: self.root / "params.yaml")
+    state = property(lambda self: self.root / ".taskprune")  # git-ignored: caches, stores, homes
+    artifacts = property(lambda self: self.root / "artifacts")
+    dense_model = property(lambda self: self.artifacts / "model" / "dense")
+    pruned_model = property(lambda self: self.artifacts / "model" / "pruned")
+    data = property(lambda self: self.artifacts / "data")
+    stats = property(lambda self: self.artifacts / "stats")
+    masks = property(lambda self: self.artifacts / "masks")
+    eval_dir = property(lambda self: self.artifacts / "eval")
+    registration = property(lambda self: self.artifacts / "register.json")
+    metrics = property(lambda self: self.root / "metrics.json")
+    dvc_lock = property(lambda self: self.root / "dvc.lock")
+    downloads = property(lambda self: self.state / "downloads")
+    timings = property(lambda self: self.state / "timings")
+
+    def resolve_user_path(self, value: str) -> Path:
+        """A user-given local path, relative to the project root when not absolute."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory that replaces ``target`` only if the block succeeds."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+class StageTimer:
+    """Measures a stage's wall time and keeps it in ``.taskprune/timings/<stage>.json``.
+
+    Timings stay out of DVC-tracked outputs, so re-running a stage on unchanged
+    inputs produces byte-identical outputs and DVC skips everything downstream.
+    """
+
+    def __init__(self, project: Project, name: str):
+        self.project, self.name = project, name
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.start, 2)
+
+    def done(self, **extra: Any) -> dict:
+        record = {"stage": self.name, "seconds": self.seconds(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+        write_json(self.project.timings / f"{self.name}.json", record)
+        return record

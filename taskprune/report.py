@@ -1,0 +1,35 @@
+"""The results table printed at the end of a run (rich, which typer already brings)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+ROWS = [
+    ("task accuracy", "task_accuracy", "{:.4f}"),
+    ("perplexity (general, word)", "perplexity", "{:.2f}"),
+    ("parameters", "params", "{:,}"),
+    ("non-zero parameters", "nonzero_params", "{:,}"),
+    ("decoder-linear parameters", "decoder_linear_params", "{:,}"),
+    ("bytes on disk", "bytes_on_disk", "{:,}"),
+    ("decode tokens/s", "tokens_per_s", "{:.1f}"),
+]
+
+
+def results_table(metrics: dict) -> Table:
+    dense, pruned = metrics["dense"], metrics["pruned"]
+    table = Table(title=f"TaskPrune: task {metrics['task']}, method {metrics['method']}, "
+                        f"sparsity {pruned.get('sparsity', 0):.3f} (chance accuracy {dense['chance_accuracy']:.3f})")
+    table.add_column("metric")
+    table.add_column("dense", justify="right")
+    table.add_column("pruned", justify="right")
+    for label, key, fmt in ROWS:
+        table.add_row(label, fmt.format(dense[key]), fmt.format(pruned[key]))
+    seconds = metrics.get("stage_seconds", {})
+    table.caption = ("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+                     + f"; total {metrics.get('run_seconds', 0):.0f} s")
+    return table
+
+
+def print_results(metrics: dict) -> None:
+    Console().print(results_table(metrics))

@@ -1,0 +1,45 @@
+"""One function per stage: read the validated params and inputs, call the library, write outputs atomically.
+
+``dvc.yaml`` runs them as ``taskprune stage NAME``; the Prefect flow runs them through DVC.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from taskprune.config import Params
+from taskprune.errors import TaskPruneError
+from taskprune.paths import Project
+
+STAGES = ("fetch_model", "prepare_data", "calibrate", "score", "prune", "evaluate", "register")
+
+
+def run_stage(name: str, params: Params, project: Project, **options) -> None:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    import_module(f"taskprune.stages.{name}").run(params, project, **options)
+
+
+def preflight(project: Project, overrides: list[str]) -> Params:
+    """Validate params (with overrides), every task row, and a local model directory, before any
+    stage runs, so a typo or a bad file fails in seconds and leaves every output untouched."""
+    import json
+
+    from taskprune import config
+    from taskprune.models.adapters import adapter_for
+    from taskprune.models.loading import check_model_dir
+    from taskprune.stages.prepare_data import load_task
+
+    params = config.load(project.params_file, overrides)
+    load_task(params, project)
+    name = params.model.name
+    if name.startswith("pip:") or name.endswith(".gguf"):
+        return params
+    local = project.resolve_user_path(name)
+    if local.exists() or name.startswith((".", "/", "~")):
+        if not local.is_dir():
+            raise TaskPruneError(f"model.name: directory {local} not found (and not a hub id)")
+        check_model_dir(local)
+        model_type = json.loads((local / "config.json").read_text()).get("model_type", "unknown")
+        adapter_for(model_type, f"model.name {name!r}")
+    return params

@@ -1,0 +1,44 @@
+"""calibrate: per-input-channel square sums of every decoder linear, on general and on task text."""
+
+from __future__ import annotations
+
+import json
+
+from safetensors.torch import save_file
+
+from taskprune.calibration import collect_input_square_sums, token_blocks
+from taskprune.config import Params
+from taskprune.data.schema import read_jsonl
+from taskprune.models.loading import load_local, pick_device
+from taskprune.paths import Project, StageTimer, atomic_dir, write_json
+
+SIDES = ("general", "task")
+
+
+def calibration_texts(project: Project) -> dict[str, list[str]]:
+    general = [json.loads(line)["text"] for line in (project.data / "general_calib.jsonl").open(encoding="utf-8")]
+    task = [ex.calibration_text() for ex in read_jsonl(project.data / "task_calib.jsonl")]
+    return {"general": general, "task": task}
+
+
+def run(params: Params, project: Project) -> None:
+    timer = StageTimer(project, "calibrate")
+    cfg = params.calibration
+    device = pick_device(params.model.device)
+    model, tokenizer, adapter = load_local(project.dense_model, "cpu")  # layers are onloaded one at a time
+    texts = calibration_texts(project)
+    record = {"device": device, "num_samples": cfg.num_samples, "seq_len": cfg.seq_len}
+    with atomic_dir(project.stats) as out:
+        for side in SIDES:
+            ids, repeated = token_blocks(tokenizer, texts[side], cfg.seq_len, cfg.num_samples)
+            if repeated:
+                print(f"warning: {side} calibration text is shorter than {cfg.num_samples} x {cfg.seq_len} tokens; "
+                      "it is repeated to fill the blocks")
+            started = timer.seconds()
+            stats = collect_input_square_sums(model, adapter, ids, cfg.batch_size, device, desc=f"calibrate {side}")
+            save_file(stats, str(out / f"{side}.safetensors"),
+                      metadata={"side": side, "tokens": str(ids.numel()), "seq_len": str(cfg.seq_len)})
+            record[f"{side}_seconds"] = round(timer.seconds() - started, 2)
+            record[f"{side}_repeated"] = repeated
+        write_json(out / "stage.json", {k: v for k, v in record.items() if not k.endswith("_seconds")})
+    timer.done(**record)

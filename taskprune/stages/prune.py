@@ -1,0 +1,48 @@
+"""prune: apply the masks to the dense model and save it as a normal safetensors directory."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from taskprune import masks as masklib
+from taskprune.config import Params
+from taskprune.models.loading import load_local, save_model
+from taskprune.paths import Project, StageTimer, atomic_dir, read_json, write_json
+
+
+@torch.no_grad()
+def apply_masks(model, adapter, masks: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Zero the masked weights in place; returns the achieved sparsity of every linear."""
+    achieved = {}
+    for key, module in adapter.named_linears(model).items():
+        weight = adapter.weight(module)
+        weight.mul_(masks[key].to(weight.dtype))
+        achieved[key] = 1 - torch.count_nonzero(weight).item() / weight.numel()
+    return achieved
+
+
+def print_sparsity(achieved: dict[str, float]) -> None:
+    """Achieved sparsity per decoder layer: the cheap sanity check Wanda always prints."""
+    by_layer = defaultdict(list)
+    for key, value in achieved.items():
+        by_layer[int(key.split(".", 1)[0])].append(value)
+    line = "  ".join(f"{i}:{sum(v) / len(v):.3f}" for i, v in sorted(by_layer.items()))
+    print(f"sparsity per layer  {line}")
+
+
+def run(params: Params, project: Project) -> None:
+    timer = StageTimer(project, "prune")
+    model, tokenizer, adapter = load_local(project.dense_model, "cpu")
+    achieved = apply_masks(model, adapter, masklib.load_masks(project.masks / "masks.safetensors"))
+    print_sparsity(achieved)
+    info = read_json(project.masks / "masks.json")
+    with atomic_dir(project.pruned_model) as out:
+        save_model(model, tokenizer, out)
+        # The checkpoint explains itself: how it was made, next to the weights.
+        write_json(out / "stage.json", dict(
+            method=info["method"], stats=info["stats"], pattern=info["pattern"],
+            target_sparsity=info["target_sparsity"],
+            achieved_sparsity=round(sum(achieved.values()) / len(achieved), 6), base_model=params.model.name))
+    timer.done()

@@ -1,0 +1,54 @@
+"""register: log the result to MLflow and register the pruned model (alias ``challenger``)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import yaml
+
+from taskprune.config import Params
+from taskprune.paths import Project, StageTimer, read_json, write_json
+from taskprune.stages.evaluate import stage_records
+from taskprune.tracking import register_result
+
+LINEAGE_OUTS = {"data": ("prepare_data", "artifacts/data"), "masks": ("score", "artifacts/masks"),
+                "stats": ("calibrate", "artifacts/stats")}
+
+
+def git_commit(project: Project) -> str:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=project.root, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def lineage_hashes(project: Project) -> dict[str, str]:
+    """The ``dvc.lock`` hashes of the data, statistics and masks this model came from."""
+    if not project.dvc_lock.exists():
+        return {}
+    lock = yaml.safe_load(project.dvc_lock.read_text(encoding="utf-8")) or {}
+    hashes = {}
+    for label, (stage, path) in LINEAGE_OUTS.items():
+        for out in lock.get("stages", {}).get(stage, {}).get("outs", []):
+            if out.get("path") == path:
+                hashes[f"dvc.{label}_md5"] = out.get("md5", "")
+    return hashes
+
+
+def run(params: Params, project: Project) -> None:
+    timer = StageTimer(project, "register")
+    metrics = read_json(project.metrics)
+    masks = read_json(project.masks / "masks.json")
+    tags = {"git_commit": git_commit(project), **lineage_hashes(project),
+            "sparsity": str(params.prune.sparsity), "pattern": params.prune.pattern, "stats": params.prune.stats}
+    result = register_result(
+        params=params, state_dir=project.state, task_label=metrics["task"], metrics=metrics,
+        per_layer=masks["per_layer"], stage_records=stage_records(project), model_dir=project.pruned_model,
+        artifacts=[project.metrics, project.masks / "masks.json", project.dvc_lock, project.params_file],
+        lineage_tags=tags)
+    write_json(project.registration, result)
+    timer.done(version=result["version"])
+    print(f"registered {result['registered_model']} version {result['version']} (alias challenger), "
+          f"run {result['run_id']} at {result['tracking_uri']}")

@@ -1,0 +1,124 @@
+"""MLflow: one parent run per pipeline result, the model registered with its lineage.
+
+The tracking URI comes from ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else a
+SQLite file in the project's state directory (artifacts beside it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from taskprune.config import Params
+from taskprune.models.loading import load_local
+
+CHALLENGER = "challenger"
+
+
+def tracking_uri(params: Params, state_dir: Path) -> str:
+    return params.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state_dir / 'mlflow.db'}"
+
+
+def registered_name(params: Params, task_label: str) -> str:
+    return params.tracking.registered_model.format(task=task_label, method=params.prune.method)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def ensure_experiment(mlflow, name: str, uri: str, state_dir: Path) -> str:
+    """Experiment id; a new experiment on the default SQLite store keeps artifacts in the state dir."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = (state_dir / "mlartifacts" / name).resolve().as_uri() if uri.startswith("sqlite:") else None
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def sparsity_figure(per_layer: dict[str, float], title: str):
+    """Bar chart of the sparsity of every pruned linear, in model order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(per_layer)
+    fig, ax = plt.subplots(figsize=(max(8, len(names) * 0.12), 4))
+    ax.bar(range(len(names)), [per_layer[n] for n in names], width=0.9, color="#3b75af")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("sparsity")
+    ax.set_xlabel("decoder linear (layer.module)")
+    step = max(1, len(names) // 40)
+    ax.set_xticks(range(0, len(names), step))
+    ax.set_xticklabels(names[::step], rotation=90, fontsize=6)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def register_result(*, params: Params, state_dir: Path, task_label: str, metrics: dict, per_layer: dict[str, float],
+                    stage_records: dict[str, dict], model_dir: Path, artifacts: list[Path],
+                    lineage_tags: dict[str, str]) -> dict:
+    """Log the run (params, metrics, plot, files, child run per stage) and register the model as a new
+    version with alias ``challenger``. Returns ids for ``register.json``."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(params, state_dir)
+    mlflow.set_tracking_uri(uri)
+    experiment_id = ensure_experiment(mlflow, params.tracking.experiment, uri, state_dir)
+    name = registered_name(params, task_label)
+    run_name = f"{params.prune.method}-{params.prune.pattern.replace(':', 'of')}-{params.prune.sparsity:g}-{task_label}"
+    tags = {**lineage_tags, "task": task_label, "method": params.prune.method}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        mlflow.log_params({k: str(v) for k, v in flatten(params.model_dump()).items()})
+        for side in ("dense", "pruned"):
+            mlflow.log_metrics({f"{side}.{k}": float(v) for k, v in metrics[side].items()
+                                if isinstance(v, (int, float))})
+        mlflow.log_metric("run_seconds", float(metrics["run_seconds"]))
+        mlflow.log_figure(sparsity_figure(per_layer, f"{run_name}: sparsity per layer"), "plots/sparsity_per_layer.png")
+        mlflow.log_dict(per_layer, "sparsity_per_layer.json")
+        for path in artifacts:
+            if path.exists():
+                mlflow.log_artifact(str(path))
+        for stage, record in stage_records.items():  # one child run per stage, with its wall time
+            with mlflow.start_run(run_name=stage, nested=True, experiment_id=experiment_id):
+                mlflow.log_metric("seconds", float(record.get("seconds", 0.0)))
+                mlflow.log_params({k: str(v) for k, v in record.items() if k not in ("seconds", "stage")})
+        # Components, not the checkpoint path: MLflow 3.17's path route breaks on transformers 5.
+        model, tokenizer, _adapter = load_local(model_dir)
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer},
+            name="model",
+            task="text-generation",
+            pip_requirements=["transformers", "torch", "safetensors"],
+        )
+        client = MlflowClient()
+        if not _registered(client, name):
+            client.create_registered_model(name, tags={"task": task_label},
+                                           description=f"Pruned models for task {task_label} (TaskPrune)")
+        version = client.create_model_version(name=name, source=info.model_uri, run_id=run.info.run_id, tags=tags)
+        for key in ("task_accuracy", "perplexity", "bytes_on_disk", "nonzero_params"):
+            client.set_model_version_tag(name, version.version, f"pruned.{key}", str(metrics["pruned"][key]))
+        client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri,
+            "registered_model": name, "version": str(version.version), "model_uri": info.model_uri}
+
+
+def _registered(client, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+        return True
+    except MlflowException:
+        return False

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers that run TaskPrune stages (through DVC)."""

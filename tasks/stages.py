@@ -1,0 +1,61 @@
+"""Prefect tasks that run stages through DVC, so unchanged stages are skipped and dvc.lock records them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from prefect import task
+
+from taskprune import config
+from taskprune.errors import TaskPruneError
+from taskprune.paths import Project
+from taskprune.stages import preflight
+from taskprune.stages.prepare_data import recorded_fingerprint, source_fingerprint
+
+# dvc.yaml stage names, in order; evaluate runs twice (dense, then pruned) as two DVC stages.
+PIPELINE = ("fetch_model", "prepare_data", "calibrate", "score", "prune", "evaluate_dense", "evaluate", "register")
+SKIPPED_MARK = "didn't change, skipping"
+
+
+def dvc_environment() -> dict[str, str]:
+    """DVC runs `taskprune stage ...`: make this interpreter's scripts directory come first on PATH."""
+    environment = dict(os.environ)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
+    return environment
+
+
+@task(name="validate-inputs")
+def validate_inputs(project_root: str, overrides: list[str]) -> None:
+    """Check params, task rows and a local model before anything runs; only then write the
+    overrides into params.yaml (as `dvc exp run -S` does)."""
+    project = Project(Path(project_root))
+    preflight(project, overrides)
+    config.write_overrides(project.params_file, overrides)
+
+
+@task(name="task-source-changed")
+def task_source_changed(project_root: str) -> bool:
+    """True when the task file's content differs from what prepare_data last read (DVC only sees params)."""
+    project = Project(Path(project_root))
+    params = config.load(project.params_file)
+    recorded = recorded_fingerprint(project)
+    return recorded is not None and recorded != source_fingerprint(params, project)
+
+
+@task(name="stage", task_run_name="{stage}")
+def run_stage(stage: str, project_root: str, force: bool = False) -> str:
+    """`dvc repro --single-item STAGE`; returns "ran" or "skipped". Output streams to the console."""
+    command = [sys.executable, "-m", "dvc", "repro", "--single-item", *(["--force"] if force else []), stage]
+    process = subprocess.Popen(command, cwd=project_root, env=dvc_environment(), stdout=subprocess.PIPE,
+                               text=True, bufsize=1)
+    skipped = False
+    for line in process.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        skipped = skipped or SKIPPED_MARK in line
+    if process.wait() != 0:
+        raise TaskPruneError(f"stage {stage} failed (exit {process.returncode}); its message is above")
+    return "skipped" if skipped else "ran"

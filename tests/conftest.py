@@ -1,0 +1,109 @@
+"""Shared fixtures: a byte-level BPE tokenizer trained in-process and tiny random models of five
+architectures, saved as safetensors directories (no hub, no network)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from taskprune import env
+
+env.apply()
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHITECTURES = ("llama", "qwen2", "mistral", "gpt2", "opt")
+PROJECT_FILES = ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore")
+
+
+def corpus() -> list[str]:
+    from taskprune.data import builtin
+
+    texts = [ex.calibration_text() for ex in builtin.capital(0) + builtin.sentiment(0)]
+    return texts + ["The history of the old city begins with a small village by the river."] * 20
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus(), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    out = tmp_path_factory.mktemp("tokenizer")
+    fast.save_pretrained(out)
+    return out
+
+
+def tiny_config(arch: str, vocab: int):
+    import transformers as tf
+
+    common = dict(vocab_size=vocab, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    if arch in ("llama", "qwen2", "mistral"):
+        cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig}[arch]
+        return cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, **common)
+    if arch == "gpt2":
+        return tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, **common)
+    if arch == "opt":
+        return tf.OPTConfig(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                            word_embed_proj_dim=64, max_position_embeddings=512, **common)
+    raise ValueError(arch)
+
+
+def make_tiny_model(arch: str, tokenizer_dir: Path, out: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer)))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session", params=ARCHITECTURES)
+def tiny_model_dir(request, tokenizer_dir, tmp_path_factory) -> Path:
+    return make_tiny_model(request.param, tokenizer_dir, tmp_path_factory.mktemp(f"tiny-{request.param}"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    return make_tiny_model("llama", tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"))
+
+
+def make_project(root: Path, model_dir: Path | None = None, *, git: bool = True) -> Path:
+    """A fresh TaskPrune project (params.yaml, dvc.yaml, DVC initialised) at ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        if (REPO / name).exists():
+            shutil.copy(REPO / name, root / name)
+    if git:
+        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+        subprocess.run(["git", "config", "user.email", "test@example.com"], cwd=root, check=True)
+        subprocess.run(["git", "config", "user.name", "test"], cwd=root, check=True)
+        subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
+        subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+        subprocess.run(["git", "commit", "-q", "-m", "project"], cwd=root, check=True)
+    return root
+
+
+def write_general_text(path: Path, paragraphs: int = 200) -> Path:
+    """Offline general text for tests (source=file)."""
+    import random
+
+    rng = random.Random(0)
+    words = "the a city river old new people time year work house light small great long world".split()
+    text = "\n\n".join(" ".join(rng.choice(words) for _ in range(30)).capitalize() + "." for _ in range(paragraphs))
+    path.write_text(text, encoding="utf-8")
+    return path

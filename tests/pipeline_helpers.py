@@ -1,0 +1,46 @@
+"""Helpers for tests that run the real CLI and DVC in a temporary project."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from taskprune import config
+
+
+def cli_env(project: Path) -> dict[str, str]:
+    environment = dict(os.environ)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
+    environment.pop("MLFLOW_TRACKING_URI", None)
+    environment.pop("TASKPRUNE_PROJECT", None)
+    environment["PYTHONUNBUFFERED"] = "1"
+    return environment
+
+
+def run(args: list[str], project: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=project, env=cli_env(project), capture_output=True, text=True, timeout=timeout)
+
+
+def taskprune(project: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    return run([str(Path(sys.executable).parent / "taskprune"), *args], project, timeout)
+
+
+def dvc(project: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], project, timeout)
+
+
+def configure_tiny(project: Path, model_dir: Path, task_rows: list[dict], general_file: Path) -> None:
+    """Point a project at a tiny local model, a local task file and a local general text file."""
+    task_file = project / "data" / "task.jsonl"
+    task_file.parent.mkdir(exist_ok=True)
+    task_file.write_text("".join(json.dumps(r) + "\n" for r in task_rows))
+    config.write_overrides(project / "params.yaml", [
+        f"model.name={model_dir}", "task.path=data/task.jsonl", "calibration.general.source=file",
+        f"calibration.general.path={general_file}", "calibration.num_samples=4", "calibration.seq_len=32",
+        "evaluate.perplexity_docs=4", "evaluate.decode_tokens=4", "evaluate.batch_size=16",
+    ])
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", "tiny setup"], cwd=project, check=True)

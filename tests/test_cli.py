@@ -1,0 +1,53 @@
+"""The CLI's contract on bad input: one clear message, exit 2, nothing written."""
+
+import json
+
+import pytest
+
+from conftest import make_project
+from pipeline_helpers import taskprune
+
+
+@pytest.fixture
+def project(tmp_path):
+    return make_project(tmp_path / "proj", git=False)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("prune.sparsity=1.5", "prune.sparsity: Input should be less than 1"),
+    ("prune.pattern=4:2", "N:M needs 0 < N < M"),
+    ("prune.sparsty=0.5", "prune.sparsty: unknown parameter"),
+    ("task.path=missing.jsonl", "missing.jsonl: file not found"),
+    ("model.name=./no/such/dir", "directory .*no/such/dir not found"),
+])
+def test_run_rejects_bad_input_before_touching_anything(project, override, message):
+    before = (project / "params.yaml").read_text()
+    done = taskprune(project, "run", "-S", override, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    import re
+    assert re.search(message, done.stderr), done.stderr
+    assert (project / "params.yaml").read_text() == before
+    assert not (project / "artifacts").exists()
+
+
+def test_bad_task_row_names_file_and_line(project):
+    (project / "bad.jsonl").write_text(json.dumps({"query": "q", "choices": ["a", "b"], "gold": 0}) + "\n"
+                                       + json.dumps({"query": "q", "choices": ["a", "b"], "gold": 5}) + "\n")
+    done = taskprune(project, "run", "-S", "task.path=bad.jsonl", timeout=300)
+    assert done.returncode == 2
+    assert "bad.jsonl:2: field 'gold' is 5, out of range for 2 choices" in done.stderr
+
+
+def test_stage_outside_a_project(tmp_path):
+    done = taskprune(tmp_path, "stage", "score")
+    assert done.returncode == 2 and "no params.yaml" in done.stderr
+
+
+def test_unknown_architecture_in_stage(project, tmp_path):
+    model = tmp_path / "weird"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    (model / "model.safetensors").write_bytes(b"")
+    done = taskprune(project, "run", "-S", f"model.name={model}", timeout=300)
+    assert done.returncode == 2 and "unknown architecture 'mamba'" in done.stderr

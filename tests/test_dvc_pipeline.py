@@ -1,0 +1,54 @@
+"""`dvc repro`, `dvc exp run -S` and `dvc exp show` on a tiny model in a temporary git repository."""
+
+import json
+
+import pytest
+
+from conftest import make_project, write_general_text
+from pipeline_helpers import configure_tiny, dvc
+from taskprune.data import builtin
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory, tokenizer_dir):
+    from conftest import make_tiny_model
+
+    root = tmp_path_factory.mktemp("dvcproj")
+    model = make_tiny_model("qwen2", tokenizer_dir, root / "model")
+    project = make_project(root / "project")
+    rows = [ex.to_row() for ex in builtin.sentiment(0)[:80]]
+    configure_tiny(project, model, rows, write_general_text(root / "general.txt"))
+    return project
+
+
+def test_repro_skip_and_experiments(tiny_project):
+    project = tiny_project
+    first = dvc(project, "repro")
+    assert first.returncode == 0, first.stdout + first.stderr
+    metrics = json.loads((project / "metrics.json").read_text())
+    for side in ("dense", "pruned"):
+        for key in ("task_accuracy", "perplexity", "params", "nonzero_params", "decoder_linear_params",
+                    "bytes_on_disk", "tokens_per_s"):
+            assert key in metrics[side], (side, key)
+    assert metrics["dense"]["chance_accuracy"] == 0.5
+    assert metrics["pruned"]["sparsity"] == pytest.approx(0.5)
+    assert metrics["pruned"]["nonzero_params"] < metrics["dense"]["nonzero_params"]
+    assert metrics["run_seconds"] > 0 and set(metrics["stage_seconds"]) >= {"calibrate", "score", "prune"}
+    registered = json.loads((project / "artifacts" / "register.json").read_text())
+    assert registered["version"] == "1"
+
+    again = dvc(project, "repro")
+    assert again.returncode == 0, again.stderr
+    for stage in ("fetch_model", "calibrate", "score", "prune", "evaluate_dense", "evaluate", "register"):
+        assert f"Stage '{stage}' didn't change, skipping" in again.stdout, (stage, again.stdout)
+    assert json.loads((project / "artifacts" / "register.json").read_text())["version"] == "1"
+
+    experiment = dvc(project, "exp", "run", "-S", "prune.sparsity=0.6")
+    assert experiment.returncode == 0, experiment.stdout + experiment.stderr
+    assert "Stage 'calibrate' didn't change, skipping" in experiment.stdout  # only downstream of prune re-runs
+    shown = dvc(project, "exp", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert '"sparsity": 0.6' in shown.stdout.replace(" ", "").replace('"sparsity":0.6', '"sparsity": 0.6')
+    assert "task_accuracy" in shown.stdout and "bytes_on_disk" in shown.stdout

@@ -1,0 +1,36 @@
+"""The whole flow on the embedded default (SmolLM2-135M-Instruct, CPU, offline): `taskprune run` twice.
+
+Slow (about 6-8 minutes on 2 cores): run alone with `pytest -m slow tests/test_end_to_end.py`.
+"""
+
+import json
+
+import pytest
+
+from conftest import make_project
+from pipeline_helpers import taskprune
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_run_then_rerun_skips_everything(tmp_path):
+    project = make_project(tmp_path / "project")
+    first = taskprune(project, "run", timeout=1500)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    metrics = json.loads((project / "metrics.json").read_text())
+    dense, pruned = metrics["dense"], metrics["pruned"]
+    assert metrics["task"] == "capital" and dense["test_examples"] >= 300
+    assert dense["task_accuracy"] > dense["chance_accuracy"] + 0.3  # SmolLM2 clearly knows capitals
+    assert pruned["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert pruned["nonzero_params"] < dense["nonzero_params"] - 0.45 * dense["decoder_linear_params"]
+    assert pruned["task_accuracy"] > dense["chance_accuracy"]  # Wanda 50% keeps the model alive
+    assert dense["perplexity"] < pruned["perplexity"] < 10 * dense["perplexity"]
+    assert "task accuracy" in first.stdout and "decode tokens/s" in first.stdout  # the results table
+    registered = json.loads((project / "artifacts" / "register.json").read_text())
+    assert registered["version"] == "1" and registered["registered_model"] == "taskprune-capital"
+    assert (project / ".taskprune" / "mlflow.db").exists()
+
+    second = taskprune(project, "run", timeout=900)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "stages run: none (all up to date)" in second.stdout
+    assert json.loads((project / "artifacts" / "register.json").read_text())["version"] == "1"

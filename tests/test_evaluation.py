@@ -1,0 +1,42 @@
+"""The lm-eval path on a tiny model: the generated task YAML loads, runs batched, and counts right."""
+
+import json
+
+import pytest
+
+from taskprune.data import builtin
+from taskprune.data.schema import split, write_jsonl
+from taskprune.evaluation import decode_tokens_per_s, run_lm_eval, size_metrics
+from taskprune.models.loading import load_local
+
+
+@pytest.fixture(scope="module")
+def eval_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    _, test = split(builtin.sentiment(0), 0.3, 0)
+    write_jsonl(root / "test.jsonl", test[:40])
+    with (root / "general.jsonl").open("w") as fh:
+        for i in range(4):
+            fh.write(json.dumps({"text": f"Document {i}. The old city by the river has many people."}) + "\n")
+    return root
+
+
+def test_lm_eval_on_tiny_model(tiny_llama_dir, eval_files):
+    model, tokenizer, adapter = load_local(tiny_llama_dir)
+    result = run_lm_eval(model, tokenizer, eval_files / "test.jsonl", eval_files / "general.jsonl",
+                         batch_size=16, limit=None, device="cpu")
+    assert result["test_examples"] == 40 and len(result["items"]) == 40
+    assert result["task_accuracy"] == pytest.approx(sum(result["items"].values()) / 40)
+    assert result["perplexity"] > 1.0
+    limited = run_lm_eval(model, tokenizer, eval_files / "test.jsonl", eval_files / "general.jsonl",
+                          batch_size=16, limit=10, device="cpu")
+    assert limited["test_examples"] == 10
+
+
+def test_size_and_speed(tiny_llama_dir):
+    model, tokenizer, adapter = load_local(tiny_llama_dir)
+    size = size_metrics(model, adapter, tiny_llama_dir)
+    assert size["params"] == sum(p.numel() for p in model.parameters())
+    assert size["decoder_linear_params"] == 2 * (2 * 64 * 64 + 2 * 32 * 64 + 3 * 64 * 128)
+    assert size["bytes_on_disk"] > 4 * size["params"] * 0.9
+    assert decode_tokens_per_s(model, tokenizer, 8, "cpu", repeats=1) > 0

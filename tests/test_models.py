@@ -1,0 +1,93 @@
+"""Adapter contract and calibration checks, run on every tiny architecture."""
+
+import json
+
+import pytest
+import torch
+
+from taskprune.calibration import collect_input_square_sums, hooks_removed_on_exit, token_blocks
+from taskprune.errors import TaskPruneError
+from taskprune.models.adapters import adapter_for
+from taskprune.models.loading import check_model_dir, load_local, resolve_source
+from taskprune.stages.prune import apply_masks
+from taskprune import masks as masklib
+
+
+def test_adapter_contract(tiny_model_dir):
+    model, tokenizer, adapter = load_local(tiny_model_dir)
+    layers = adapter.layers(model)
+    assert len(layers) == model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") else 2
+    linears = adapter.named_linears(model)
+    assert len(linears) == len(layers) * len(adapter.linear_names)
+    for key, module in linears.items():
+        weight = adapter.weight(module)
+        assert weight.dim() == 2 and weight.data_ptr() == module.weight.data_ptr()  # a view, not a copy
+        assert adapter.in_features(module) == weight.shape[1]
+
+
+def brute_force_square_sums(model, adapter, input_ids):
+    """Whole-model forward (no layer-by-layer replay) with hooks on every linear."""
+    sums = {}
+    with hooks_removed_on_exit() as handles:
+        for key, module in adapter.named_linears(model).items():
+            def hook(_m, inputs, _out, key=key):
+                x = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
+                sums[key] = sums.get(key, 0) + (x * x).sum(0)
+            handles.append(module.register_forward_hook(hook))
+        with torch.no_grad():
+            model(input_ids, use_cache=False)
+    return sums
+
+
+def test_sequential_calibration_matches_whole_model_forward(tiny_model_dir):
+    model, tokenizer, adapter = load_local(tiny_model_dir)
+    torch.manual_seed(0)
+    input_ids = torch.randint(0, len(tokenizer), (6, 24))
+    stats = collect_input_square_sums(model, adapter, input_ids, batch_size=4)  # 2 batches, uneven
+    expected = brute_force_square_sums(model, adapter, input_ids)
+    assert stats.keys() == expected.keys()
+    for key in stats:
+        assert torch.allclose(stats[key].double(), expected[key], rtol=1e-4, atol=1e-5), key
+    # hooks are gone afterwards
+    assert all(not m._forward_hooks for m in adapter.named_linears(model).values())
+
+
+def test_token_blocks_fill_and_repeat(tiny_llama_dir):
+    _, tokenizer, _ = load_local(tiny_llama_dir)
+    blocks, repeated = token_blocks(tokenizer, ["The capital city of France is Paris"] * 200, 16, 8)
+    assert blocks.shape == (8, 16) and not repeated
+    blocks, repeated = token_blocks(tokenizer, ["short text"], 16, 8)
+    assert blocks.shape == (8, 16) and repeated
+
+
+def test_masks_applied_exactly(tiny_model_dir):
+    model, _, adapter = load_local(tiny_model_dir)
+    generated = {k: masklib.unstructured_mask(adapter.weight(m).abs(), 0.5) for k, m in adapter.named_linears(model).items()}
+    achieved = apply_masks(model, adapter, generated)
+    for key, module in adapter.named_linears(model).items():
+        assert torch.equal(adapter.weight(module) != 0, generated[key])
+        assert achieved[key] == pytest.approx(0.5, abs=0.02)
+
+
+def test_unknown_architecture_is_a_clear_error():
+    with pytest.raises(TaskPruneError, match="unknown architecture 'mamba'.*supported: gpt2, llama"):
+        adapter_for("mamba")
+
+
+def test_model_dir_checks(tmp_path, tiny_llama_dir):
+    with pytest.raises(TaskPruneError, match="no config.json"):
+        check_model_dir(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(TaskPruneError, match="only pickle weights"):
+        check_model_dir(tmp_path)
+    check_model_dir(tiny_llama_dir)
+
+
+def test_resolve_source_kinds(tmp_path, tiny_llama_dir):
+    assert resolve_source(str(tiny_llama_dir), tmp_path, tmp_path).kind == "dir"
+    assert resolve_source("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path, tmp_path).kind == "hub"
+    with pytest.raises(TaskPruneError, match="directory .* not found"):
+        resolve_source("./missing/model", tmp_path, tmp_path)
+    with pytest.raises(TaskPruneError, match="GGUF file .* not found"):
+        resolve_source("missing.gguf", tmp_path, tmp_path)

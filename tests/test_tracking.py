@@ -1,0 +1,38 @@
+"""MLflow registration into a temporary SQLite store."""
+
+import pytest
+
+from taskprune.config import Params
+from taskprune.tracking import CHALLENGER, register_result
+
+
+def test_register_creates_run_version_alias_and_tags(tmp_path, tiny_llama_dir):
+    import mlflow
+    from mlflow import MlflowClient
+
+    params = Params.model_validate({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    side = {"task_accuracy": 0.5, "perplexity": 10.0, "params": 100, "nonzero_params": 50,
+            "decoder_linear_params": 80, "bytes_on_disk": 400, "tokens_per_s": 12.0}
+    metrics = {"task": "capital", "method": "wanda", "dense": dict(side, chance_accuracy=0.25),
+               "pruned": dict(side, sparsity=0.5), "run_seconds": 3.0}
+    kwargs = dict(params=params, state_dir=tmp_path, task_label="capital", metrics=metrics,
+                  per_layer={"0.mlp.up_proj": 0.5, "1.mlp.up_proj": 0.5},
+                  stage_records={"calibrate": {"stage": "calibrate", "seconds": 1.5}},
+                  model_dir=tiny_llama_dir, artifacts=[], lineage_tags={"git_commit": "abc", "dvc.masks_md5": "m5"})
+    first = register_result(**kwargs)
+    second = register_result(**kwargs)
+    client = MlflowClient(tracking_uri=params.tracking.uri)
+    assert (first["version"], second["version"]) == ("1", "2")
+    assert str(client.get_registered_model("taskprune-capital").aliases[CHALLENGER]) == "2"
+    version = client.get_model_version("taskprune-capital", "1")
+    assert version.tags["git_commit"] == "abc" and version.tags["dvc.masks_md5"] == "m5"
+    assert version.tags["method"] == "wanda" and version.tags["task"] == "capital"
+    run = client.get_run(first["run_id"])
+    assert run.data.metrics["pruned.task_accuracy"] == 0.5
+    assert run.data.params["prune.sparsity"] == "0.5"
+    artifacts = {a.path for a in client.list_artifacts(first["run_id"], "plots")}
+    assert "plots/sparsity_per_layer.png" in artifacts
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{first['run_id']}'")
+    assert [c.data.metrics["seconds"] for c in children] == [1.5]
+    loaded = mlflow.transformers.load_model(f"models:/taskprune-capital@{CHALLENGER}", return_type="components")
+    assert "model" in loaded
