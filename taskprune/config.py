@@ -103,7 +103,8 @@ class PruneConfig(_Strict):
 class EvaluateConfig(_Strict):
     batch_size: int = Field(32, gt=0)
     limit: int | None = Field(None, gt=0, description="Evaluate at most this many test examples (quick runs)")
-    perplexity_docs: int = Field(32, gt=0)
+    perplexity_docs: int = Field(32, gt=0, description="Held-out general documents (about 600+ characters each)")
+    perplexity_seq_len: int = Field(256, ge=16, le=8192, description="Token block length for perplexity")
     decode_tokens: int = Field(32, gt=0, description="New tokens per generate() call when timing tokens/s")
 
 

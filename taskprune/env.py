@@ -30,5 +30,6 @@ def apply(state_dir: Path | None = None) -> None:
     for key, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if state_dir is not None:
-        os.environ.setdefault("PREFECT_HOME", str(state_dir / "prefect"))
-        os.environ.setdefault("HF_HOME", str(state_dir / "hf"))
+        for key, sub in (("PREFECT_HOME", "prefect"), ("HF_HOME", "hf")):
+            os.environ.setdefault(key, str(state_dir / sub))
+            Path(os.environ[key]).mkdir(parents=True, exist_ok=True)  # Prefect does not create parents

@@ -7,7 +7,7 @@ from rich.table import Table
 
 ROWS = [
     ("task accuracy", "task_accuracy", "{:.4f}"),
-    ("perplexity (general, word)", "perplexity", "{:.2f}"),
+    ("perplexity (general text)", "perplexity", "{:.2f}"),
     ("parameters", "params", "{:,}"),
     ("non-zero parameters", "nonzero_params", "{:,}"),
     ("decoder-linear parameters", "decoder_linear_params", "{:,}"),

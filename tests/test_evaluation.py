@@ -6,7 +6,7 @@ import pytest
 
 from taskprune.data import builtin
 from taskprune.data.schema import split, write_jsonl
-from taskprune.evaluation import decode_tokens_per_s, run_lm_eval, size_metrics
+from taskprune.evaluation import decode_tokens_per_s, perplexity, run_lm_eval, size_metrics
 from taskprune.models.loading import load_local
 
 
@@ -23,13 +23,10 @@ def eval_files(tmp_path_factory):
 
 def test_lm_eval_on_tiny_model(tiny_llama_dir, eval_files):
     model, tokenizer, adapter = load_local(tiny_llama_dir)
-    result = run_lm_eval(model, tokenizer, eval_files / "test.jsonl", eval_files / "general.jsonl",
-                         batch_size=16, limit=None, device="cpu")
+    result = run_lm_eval(model, tokenizer, eval_files / "test.jsonl", batch_size=16, limit=None, device="cpu")
     assert result["test_examples"] == 40 and len(result["items"]) == 40
     assert result["task_accuracy"] == pytest.approx(sum(result["items"].values()) / 40)
-    assert result["perplexity"] > 1.0
-    limited = run_lm_eval(model, tokenizer, eval_files / "test.jsonl", eval_files / "general.jsonl",
-                          batch_size=16, limit=10, device="cpu")
+    limited = run_lm_eval(model, tokenizer, eval_files / "test.jsonl", batch_size=16, limit=10, device="cpu")
     assert limited["test_examples"] == 10
 
 
@@ -40,3 +37,22 @@ def test_size_and_speed(tiny_llama_dir):
     assert size["decoder_linear_params"] == 2 * (2 * 64 * 64 + 2 * 32 * 64 + 3 * 64 * 128)
     assert size["bytes_on_disk"] > 4 * size["params"] * 0.9
     assert decode_tokens_per_s(model, tokenizer, 8, "cpu", repeats=1) > 0
+
+
+def test_perplexity_matches_the_model_loss(tiny_llama_dir):
+    """Token-level perplexity equals exp of the mean next-token loss that transformers computes."""
+    import math
+
+    import torch
+
+    from taskprune.data.tokens import token_blocks
+
+    model, tokenizer, _ = load_local(tiny_llama_dir)
+    texts = [f"Document {i}. The old city by the river has many people and a long history." for i in range(20)]
+    result = perplexity(model, tokenizer, texts, seq_len=32, batch_size=3, device="cpu")
+    blocks = token_blocks(tokenizer, texts, 32, 1_000_000)
+    with torch.no_grad():
+        loss = model(blocks, labels=blocks).loss.item()
+    assert result["perplexity_tokens"] == blocks.shape[0] * 31
+    assert result["perplexity"] == pytest.approx(math.exp(loss), rel=1e-4)
+    assert 1.0 < result["perplexity"] < len(tokenizer) * 10

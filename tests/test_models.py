@@ -9,7 +9,7 @@ from taskprune.calibration import collect_input_square_sums, hooks_removed_on_ex
 from taskprune.errors import TaskPruneError
 from taskprune.models.adapters import adapter_for
 from taskprune.models.loading import check_model_dir, load_local, resolve_source
-from taskprune.stages.prune import apply_masks
+from taskprune.pruning import apply_masks
 from taskprune import masks as masklib
 
 
@@ -52,12 +52,14 @@ def test_sequential_calibration_matches_whole_model_forward(tiny_model_dir):
     assert all(not m._forward_hooks for m in adapter.named_linears(model).values())
 
 
-def test_token_blocks_fill_and_repeat(tiny_llama_dir):
+def test_token_blocks_never_repeat_text(tiny_llama_dir):
     _, tokenizer, _ = load_local(tiny_llama_dir)
-    blocks, repeated = token_blocks(tokenizer, ["The capital city of France is Paris"] * 200, 16, 8)
-    assert blocks.shape == (8, 16) and not repeated
-    blocks, repeated = token_blocks(tokenizer, ["short text"], 16, 8)
-    assert blocks.shape == (8, 16) and repeated
+    text = "The capital city of France is Paris"
+    assert token_blocks(tokenizer, [text] * 200, 16, 8).shape == (8, 16)
+    few = token_blocks(tokenizer, [text] * 6, 16, 8)
+    n_tokens = len(tokenizer("\n\n".join([text] * 6), add_special_tokens=False)["input_ids"])
+    assert few.shape == (n_tokens // 16, 16) and 0 < few.shape[0] < 8
+    assert token_blocks(tokenizer, ["short"], 16, 8).shape == (1, 16)  # shorter than a block: filled
 
 
 def test_masks_applied_exactly(tiny_model_dir):

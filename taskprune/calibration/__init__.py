@@ -16,33 +16,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from taskprune.data.tokens import token_blocks  # noqa: F401  (re-exported for stages)
 from taskprune.errors import TaskPruneError
 from taskprune.models.adapters import ModelAdapter
 
 
 class _Captured(Exception):
     pass
-
-
-def token_blocks(tokenizer, texts: list[str], seq_len: int, num_samples: int) -> tuple[torch.Tensor, bool]:
-    """Concatenate texts (blank-line separated), tokenize, and cut ``num_samples`` blocks of ``seq_len``.
-
-    Returns the blocks and whether the text had to be repeated to fill them.
-    """
-    need = seq_len * num_samples
-    chosen, chars = [], 0
-    for text in texts:  # tokenizing only what is needed (about 3 chars a token is a safe over-estimate)
-        chosen.append(text)
-        chars += len(text)
-        if chars > need * 6:
-            break
-    ids = tokenizer("\n\n".join(chosen), add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise TaskPruneError("calibration text is empty after tokenization")
-    repeated = len(ids) < need
-    while len(ids) < need:
-        ids = ids + ids
-    return torch.tensor(ids[:need], dtype=torch.long).view(num_samples, seq_len), repeated
 
 
 @contextlib.contextmanager

@@ -30,15 +30,15 @@ def run(params: Params, project: Project) -> None:
     record = {"device": device, "num_samples": cfg.num_samples, "seq_len": cfg.seq_len}
     with atomic_dir(project.stats) as out:
         for side in SIDES:
-            ids, repeated = token_blocks(tokenizer, texts[side], cfg.seq_len, cfg.num_samples)
-            if repeated:
-                print(f"warning: {side} calibration text is shorter than {cfg.num_samples} x {cfg.seq_len} tokens; "
-                      "it is repeated to fill the blocks")
+            ids = token_blocks(tokenizer, texts[side], cfg.seq_len, cfg.num_samples)
+            if len(ids) < cfg.num_samples:
+                print(f"note: the {side} calibration text fills {len(ids)} of {cfg.num_samples} blocks of "
+                      f"{cfg.seq_len} tokens; calibrating on {len(ids)}")
             started = timer.seconds()
             stats = collect_input_square_sums(model, adapter, ids, cfg.batch_size, device, desc=f"calibrate {side}")
             save_file(stats, str(out / f"{side}.safetensors"),
                       metadata={"side": side, "tokens": str(ids.numel()), "seq_len": str(cfg.seq_len)})
             record[f"{side}_seconds"] = round(timer.seconds() - started, 2)
-            record[f"{side}_repeated"] = repeated
+            record[f"{side}_blocks"] = len(ids)
         write_json(out / "stage.json", {k: v for k, v in record.items() if not k.endswith("_seconds")})
     timer.done(**record)

@@ -6,8 +6,10 @@ Evaluating ``pruned`` also writes ``metrics.json``, the DVC metrics file that
 
 from __future__ import annotations
 
+import json
+
 from taskprune.config import Params
-from taskprune.evaluation import decode_tokens_per_s, run_lm_eval, size_metrics
+from taskprune.evaluation import evaluate_loaded, size_metrics
 from taskprune.models.loading import load_local, pick_device
 from taskprune.paths import Project, StageTimer, read_json, write_json
 
@@ -25,10 +27,9 @@ def evaluate_model(params: Params, project: Project, which: str) -> dict:
     model_dir = project.dense_model if which == "dense" else project.pruned_model
     model, tokenizer, adapter = load_local(model_dir, device)
     print(f"evaluating {which} model on the test split and held-out general text ...", flush=True)
-    result = run_lm_eval(model, tokenizer, project.data / "task_test.jsonl", project.data / "general_eval.jsonl",
-                         params.evaluate.batch_size, params.evaluate.limit, device)
+    held_out = [json.loads(line)["text"] for line in (project.data / "general_eval.jsonl").open(encoding="utf-8")]
+    result = evaluate_loaded(model, tokenizer, project.data / "task_test.jsonl", held_out, params.evaluate, device)
     result.update(size_metrics(model, adapter, model_dir))
-    result["tokens_per_s"] = round(decode_tokens_per_s(model, tokenizer, params.evaluate.decode_tokens, device), 2)
     return result
 
 

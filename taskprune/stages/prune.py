@@ -4,23 +4,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import torch
-
 from taskprune import masks as masklib
 from taskprune.config import Params
 from taskprune.models.loading import load_local, save_model
+from taskprune.pruning import apply_masks
 from taskprune.paths import Project, StageTimer, atomic_dir, read_json, write_json
-
-
-@torch.no_grad()
-def apply_masks(model, adapter, masks: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Zero the masked weights in place; returns the achieved sparsity of every linear."""
-    achieved = {}
-    for key, module in adapter.named_linears(model).items():
-        weight = adapter.weight(module)
-        weight.mul_(masks[key].to(weight.dtype))
-        achieved[key] = 1 - torch.count_nonzero(weight).item() / weight.numel()
-    return achieved
 
 
 def print_sparsity(achieved: dict[str, float]) -> None:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
-
 from taskprune import masks as masklib
 from taskprune.config import Params
 from taskprune.models.loading import load_local
 from taskprune.paths import Project, StageTimer, atomic_dir, write_json
-from taskprune.scoring import scores_for
+from taskprune.pruning import compute_masks
 
 
 def run(params: Params, project: Project) -> None:
@@ -17,12 +15,8 @@ def run(params: Params, project: Project) -> None:
     cfg = params.prune
     model, _tokenizer, adapter = load_local(project.dense_model, "cpu")
     stats = None if cfg.method == "magnitude" else load_file(str(project.stats / f"{cfg.stats}.safetensors"))
-    masks, per_layer = {}, {}
-    for key, module in tqdm(adapter.named_linears(model).items(), desc=f"score {cfg.method}", unit="linear"):
-        weight = adapter.weight(module)
-        scores = scores_for(cfg.method, weight, stats[key] if stats is not None else None)
-        masks[key] = masklib.make_mask(scores, cfg.sparsity, cfg.n_m)
-        per_layer[key] = round(masklib.sparsity(masks[key]), 6)
+    masks = compute_masks(model, adapter, cfg.method, stats, cfg.sparsity, cfg.n_m)
+    per_layer = {key: round(masklib.sparsity(mask), 6) for key, mask in masks.items()}
     total = sum(m.numel() for m in masks.values())
     overall = 1 - sum(int(m.sum()) for m in masks.values()) / total
     with atomic_dir(project.masks) as out:
