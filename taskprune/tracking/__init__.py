@@ -45,22 +45,27 @@ def ensure_experiment(mlflow, name: str, uri: str, state_dir: Path) -> str:
 
 
 def sparsity_figure(per_layer: dict[str, float], title: str):
-    """Bar chart of the sparsity of every pruned linear, in model order."""
+    """Heatmap of achieved sparsity: decoder layer (x) by linear module (y)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    names = list(per_layer)
-    fig, ax = plt.subplots(figsize=(max(8, len(names) * 0.12), 4))
-    ax.bar(range(len(names)), [per_layer[n] for n in names], width=0.9, color="#3b75af")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("sparsity")
-    ax.set_xlabel("decoder linear (layer.module)")
-    step = max(1, len(names) // 40)
-    ax.set_xticks(range(0, len(names), step))
-    ax.set_xticklabels(names[::step], rotation=90, fontsize=6)
-    ax.set_title(title)
+    layers = sorted({int(key.split(".", 1)[0]) for key in per_layer})
+    modules = list(dict.fromkeys(key.split(".", 1)[1] for key in per_layer))  # model order
+    grid = np.full((len(modules), len(layers)), np.nan)
+    for key, value in per_layer.items():
+        layer, module = key.split(".", 1)
+        grid[modules.index(module), layers.index(int(layer))] = value
+    fig, ax = plt.subplots(figsize=(max(6, 0.32 * len(layers) + 3), 0.45 * len(modules) + 1.6))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(layers)), [str(i) for i in layers], fontsize=7)
+    ax.set_yticks(range(len(modules)), modules, fontsize=8)
+    ax.set_xlabel("decoder layer")
+    fig.colorbar(image, ax=ax, label="sparsity (fraction of weights zeroed)")
+    mean = float(np.nanmean(grid))
+    ax.set_title(f"{title}\nmean {mean:.3f}, min {np.nanmin(grid):.3f}, max {np.nanmax(grid):.3f}", fontsize=9)
     fig.tight_layout()
     return fig
 

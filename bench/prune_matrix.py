@@ -1,0 +1,110 @@
+"""Accuracy and perplexity of the baseline scorers on every built-in task, in one run.
+
+For each task: dense accuracy and chance level, then magnitude, Wanda with general
+statistics and Wanda with task statistics, at 50 % unstructured and at 2:4. Uses
+the same library functions as the pipeline stages and the defaults of params.yaml
+(calibration size, evaluation settings). Writes a markdown table.
+
+    .venv/bin/python bench/prune_matrix.py [--tasks capital sentiment] [--out bench/results/prune_matrix.md]
+
+Needs the dense model: run `taskprune stage fetch_model` (or `taskprune run`) first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from taskprune import env
+
+env.apply()
+
+from taskprune.calibration import collect_input_square_sums  # noqa: E402
+from taskprune.config import Params  # noqa: E402
+from taskprune.data import builtin, general  # noqa: E402
+from taskprune.data.schema import split, write_jsonl  # noqa: E402
+from taskprune.data.tokens import token_blocks  # noqa: E402
+from taskprune.evaluation import perplexity, run_lm_eval  # noqa: E402
+from taskprune.models.loading import load_local  # noqa: E402
+from taskprune.paths import Project  # noqa: E402
+from taskprune.pruning import apply_masks, compute_masks  # noqa: E402
+
+SCORERS = [("magnitude", None), ("wanda", "general"), ("wanda", "task")]
+PATTERNS = [("50%", 0.5, None), ("2:4", 0.5, (2, 4))]
+
+
+def evaluate(model, tokenizer, test_jsonl: Path, held_out: list[str], params: Params) -> dict:
+    cfg = params.evaluate
+    result = run_lm_eval(model, tokenizer, test_jsonl, cfg.batch_size, cfg.limit, "cpu")
+    result.update(perplexity(model, tokenizer, held_out, cfg.perplexity_seq_len, 8, "cpu"))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=sorted(builtin.BUILTIN))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/prune_matrix.md"))
+    args = parser.parse_args()
+
+    project = Project.find()
+    params = Params()
+    model, tokenizer, adapter = load_local(project.dense_model)
+    originals = {k: adapter.weight(m).clone() for k, m in adapter.named_linears(model).items()}
+    passages = general.load_passages(params.calibration.general, project.root, project.downloads)
+    pool, held_out = general.split_general(passages, params.calibration.seed, params.evaluate.perplexity_docs)
+    cal = params.calibration
+    rows, timings = [], {"torch_threads": torch.get_num_threads()}
+    started = time.perf_counter()
+    general_blocks = token_blocks(tokenizer, pool, cal.seq_len, cal.num_samples)
+    t0 = time.perf_counter()
+    general_stats = collect_input_square_sums(model, adapter, general_blocks, cal.batch_size, desc="general")
+    timings["calibrate_general_s"] = round(time.perf_counter() - t0, 1)
+    for task in args.tasks:
+        calib, test = split(builtin.generate(task, params.task.seed), params.task.calib_fraction, params.task.seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            test_jsonl = Path(tmp) / "test.jsonl"
+            write_jsonl(test_jsonl, test)
+            task_blocks = token_blocks(tokenizer, [ex.calibration_text() for ex in calib], cal.seq_len, cal.num_samples)
+            t0 = time.perf_counter()
+            stats = {"general": general_stats,
+                     "task": collect_input_square_sums(model, adapter, task_blocks, cal.batch_size, desc=task)}
+            timings[f"calibrate_{task}_s"] = round(time.perf_counter() - t0, 1)
+            dense = evaluate(model, tokenizer, test_jsonl, held_out, params)
+            chance = sum(1 / len(ex.choices) for ex in test) / len(test)
+            rows.append((task, "dense", "-", dense, chance, len(test), task_blocks.shape[0]))
+            for method, side in SCORERS:
+                for label, sparsity, n_m in PATTERNS:
+                    masks = compute_masks(model, adapter, method, stats[side] if side else None, sparsity, n_m)
+                    apply_masks(model, adapter, masks)
+                    rows.append((task, f"{method}" + (f" ({side} stats)" if side else ""), label,
+                                 evaluate(model, tokenizer, test_jsonl, held_out, params), chance, len(test),
+                                 task_blocks.shape[0]))
+                    with torch.no_grad():
+                        for key, module in adapter.named_linears(model).items():
+                            adapter.weight(module).copy_(originals[key])
+                    print(json.dumps({"task": task, "method": rows[-1][1], "pattern": label,
+                                      "acc": rows[-1][3]["task_accuracy"], "ppl": rows[-1][3]["perplexity"]}), flush=True)
+    timings["total_s"] = round(time.perf_counter() - started, 1)
+
+    lines = ["| task | scorer | sparsity | task accuracy | acc_norm | perplexity | test examples | chance |",
+             "|---|---|---|---|---|---|---|---|"]
+    for task, name, label, res, chance, n_test, _ in rows:
+        lines.append(f"| {task} | {name} | {label} | {res['task_accuracy']:.3f} | {res['task_accuracy_norm']:.3f} "
+                     f"| {res['perplexity']:.1f} | {n_test} | {chance:.3f} |")
+    blocks = ", ".join(f"{task}: {b} blocks" for task, name, _, _, _, _, b in rows if name == "dense")
+    lines += ["", f"SmolLM2-135M-Instruct, CPU, {timings['torch_threads']} torch threads. Calibration: "
+              f"{general_blocks.shape[0]} x {cal.seq_len} general tokens (fortunes), task text {blocks} "
+              f"of {cal.seq_len} tokens. Perplexity: token-level on {params.evaluate.perplexity_docs} held-out "
+              f"fortune documents. Timings: {json.dumps(timings)}"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Promises the repository makes about itself."""
+
+import re
+from pathlib import Path
+
+import yaml
+
+from taskprune.stages import STAGES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    ci_command = next(line for line in (REPO / ".ci/run").read_text().splitlines() if "pytest" in line and "pip" in line)
+    readme_commands = re.findall(r"```bash\n(.*?)\n```", (REPO / "README.md").read_text(), flags=re.S)
+    assert ci_command.strip() in [c.strip() for c in readme_commands]
+
+
+def test_readme_install_command_uses_the_lock_with_exact_torch():
+    assert "pip install -r requirements.lock -e . && .venv/bin/taskprune run" in (REPO / "README.md").read_text()
+    pins = (REPO / "requirements.lock").read_text().splitlines()
+    assert "torch==2.13.0" in pins
+
+
+def test_library_does_not_import_prefect():
+    offenders = [p for p in (REPO / "taskprune").rglob("*.py")
+                 if re.search(r"^\s*(import|from)\s+(prefect|flows|tasks)\b", p.read_text(), flags=re.M)]
+    assert offenders == []
+
+
+def test_model_specific_names_only_in_adapters():
+    names = re.compile(r"q_proj|gate_proj|c_attn|model\.layers|transformer\.h\b|decoder\.layers")
+    offenders = [p for p in (REPO / "taskprune").rglob("*.py")
+                 if "adapters" not in p.parts and names.search(p.read_text())]
+    assert offenders == []
+
+
+def test_dvc_stages_call_known_stage_functions():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, spec in stages.items():
+        called = spec["cmd"].split()[2]
+        assert spec["cmd"].startswith("taskprune stage ") and called in STAGES, name
