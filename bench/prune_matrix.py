@@ -1,7 +1,10 @@
-"""Accuracy and perplexity of the baseline scorers on every built-in task, in one run.
+"""Accuracy and perplexity of the scorers on every built-in task, in one run.
 
 For each task: dense accuracy and chance level, then magnitude, Wanda with general
-statistics and Wanda with task statistics, at 50 % unstructured and at 2:4. Uses
+statistics, Wanda with task statistics, task-aware fusion (top 10 % channels
+exclusive), the plain 50/50 average (no exclusive channels) and fusion with OWL,
+at 50 % unstructured and at 2:4 (OWL: unstructured only). Each row against
+Wanda-general gets an exact McNemar test over the same test items. Uses
 the same library functions as the pipeline stages and the defaults of params.yaml
 (calibration size, evaluation settings). Writes a markdown table.
 
@@ -25,17 +28,38 @@ from taskprune import env
 env.apply()
 
 from taskprune.calibration import collect_input_square_sums  # noqa: E402
-from taskprune.config import Params  # noqa: E402
+from taskprune.config import Params, PruneConfig  # noqa: E402
 from taskprune.data import builtin, general  # noqa: E402
 from taskprune.data.schema import split, write_jsonl  # noqa: E402
 from taskprune.data.tokens import token_blocks  # noqa: E402
 from taskprune.evaluation import perplexity, run_lm_eval  # noqa: E402
 from taskprune.models.loading import load_local  # noqa: E402
 from taskprune.paths import Project  # noqa: E402
-from taskprune.pruning import apply_masks, compute_masks  # noqa: E402
+from taskprune.pruning import SideStats, apply_masks, compute_masks  # noqa: E402
 
-SCORERS = [("magnitude", None), ("wanda", "general"), ("wanda", "task")]
-PATTERNS = [("50%", 0.5, None), ("2:4", 0.5, (2, 4))]
+SCORERS = [  # (label, prune params)
+    ("magnitude", {"method": "magnitude"}),
+    ("wanda (general stats)", {"method": "wanda", "stats": "general"}),
+    ("wanda (task stats)", {"method": "wanda", "stats": "task"}),
+    ("task-aware fusion", {"method": "task_aware"}),
+    ("50/50 average (no exclusive)", {"method": "task_aware", "task_aware": {"ablation": "no_partition"}}),
+    ("task-aware fusion + OWL", {"method": "task_aware", "allocation": "owl"}),
+]
+PATTERNS = [("50%", {"sparsity": 0.5}), ("2:4", {"sparsity": 0.5, "pattern": "2:4"})]
+BASELINE = "wanda (general stats)"
+
+
+def mcnemar_p(a: dict[str, int], b: dict[str, int]) -> float:
+    """Exact two-sided McNemar test on paired per-item correctness."""
+    from math import comb
+
+    only_a = sum(1 for k in a if a[k] and not b[k])
+    only_b = sum(1 for k in a if b[k] and not a[k])
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
 
 
 def evaluate(model, tokenizer, test_jsonl: Path, held_out: list[str], params: Params) -> dict:
@@ -62,7 +86,8 @@ def main() -> None:
     started = time.perf_counter()
     general_blocks = token_blocks(tokenizer, pool, cal.seq_len, cal.num_samples)
     t0 = time.perf_counter()
-    general_stats = collect_input_square_sums(model, adapter, general_blocks, cal.batch_size, desc="general")
+    general_stats = SideStats(collect_input_square_sums(model, adapter, general_blocks, cal.batch_size,
+                                                        desc="general"), general_blocks.numel())
     timings["calibrate_general_s"] = round(time.perf_counter() - t0, 1)
     for task in args.tasks:
         calib, test = split(builtin.generate(task, params.task.seed), params.task.calib_fraction, params.task.seed)
@@ -72,18 +97,21 @@ def main() -> None:
             task_blocks = token_blocks(tokenizer, [ex.calibration_text() for ex in calib], cal.seq_len, cal.num_samples)
             t0 = time.perf_counter()
             stats = {"general": general_stats,
-                     "task": collect_input_square_sums(model, adapter, task_blocks, cal.batch_size, desc=task)}
+                     "task": SideStats(collect_input_square_sums(model, adapter, task_blocks, cal.batch_size,
+                                                                 desc=task), task_blocks.numel())}
             timings[f"calibrate_{task}_s"] = round(time.perf_counter() - t0, 1)
             dense = evaluate(model, tokenizer, test_jsonl, held_out, params)
             chance = sum(1 / len(ex.choices) for ex in test) / len(test)
             rows.append((task, "dense", "-", dense, chance, len(test), task_blocks.shape[0]))
-            for method, side in SCORERS:
-                for label, sparsity, n_m in PATTERNS:
-                    masks = compute_masks(model, adapter, method, stats[side] if side else None, sparsity, n_m)
-                    apply_masks(model, adapter, masks)
-                    rows.append((task, f"{method}" + (f" ({side} stats)" if side else ""), label,
-                                 evaluate(model, tokenizer, test_jsonl, held_out, params), chance, len(test),
-                                 task_blocks.shape[0]))
+            for name, scorer in SCORERS:
+                for label, pattern in PATTERNS:
+                    cfg = {**scorer, **pattern}
+                    if cfg.get("allocation") == "owl" and "pattern" in cfg:
+                        continue  # OWL varies sparsity per layer: unstructured only
+                    result = compute_masks(model, adapter, PruneConfig.model_validate(cfg), stats)
+                    apply_masks(model, adapter, result.masks)
+                    rows.append((task, name, label, evaluate(model, tokenizer, test_jsonl, held_out, params), chance,
+                                 len(test), task_blocks.shape[0]))
                     with torch.no_grad():
                         for key, module in adapter.named_linears(model).items():
                             adapter.weight(module).copy_(originals[key])
@@ -91,11 +119,14 @@ def main() -> None:
                                       "acc": rows[-1][3]["task_accuracy"], "ppl": rows[-1][3]["perplexity"]}), flush=True)
     timings["total_s"] = round(time.perf_counter() - started, 1)
 
-    lines = ["| task | scorer | sparsity | task accuracy | acc_norm | perplexity | test examples | chance |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | scorer | sparsity | task accuracy | McNemar p vs Wanda-general | acc_norm | perplexity "
+             "| test examples | chance |", "|---|---|---|---|---|---|---|---|---|"]
+    baseline = {(t, lab): res["items"] for t, name, lab, res, *_ in rows if name == BASELINE}
     for task, name, label, res, chance, n_test, _ in rows:
-        lines.append(f"| {task} | {name} | {label} | {res['task_accuracy']:.3f} | {res['task_accuracy_norm']:.3f} "
-                     f"| {res['perplexity']:.1f} | {n_test} | {chance:.3f} |")
+        ref = baseline.get((task, label))
+        p = "-" if ref is None or name in (BASELINE, "dense") else f"{mcnemar_p(res['items'], ref):.3f}"
+        lines.append(f"| {task} | {name} | {label} | {res['task_accuracy']:.3f} | {p} | "
+                     f"{res['task_accuracy_norm']:.3f} | {res['perplexity']:.1f} | {n_test} | {chance:.3f} |")
     blocks = ", ".join(f"{task}: {b} blocks" for task, name, _, _, _, _, b in rows if name == "dense")
     lines += ["", f"SmolLM2-135M-Instruct, CPU, {timings['torch_threads']} torch threads. Calibration: "
               f"{general_blocks.shape[0]} x {cal.seq_len} general tokens (fortunes), task text {blocks} "

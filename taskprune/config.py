@@ -63,11 +63,30 @@ class CalibrationConfig(_Strict):
     batch_size: int = Field(8, gt=0)
 
 
+class TaskAwareConfig(_Strict):
+    """Fusion of general and task scores (method task_aware); see taskprune/scoring/task_aware.py."""
+
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the general score on shared channels")
+    partition: Literal["fraction", "threshold"] = "fraction"
+    exclusive_fraction: float = Field(0.1, ge=0, lt=1, description="partition=fraction: share of channels exclusive")
+    tau: float = Field(1.0, gt=0, description="partition=threshold: |log(task/general)| above which a channel is exclusive")
+    ablation: Literal["none", "no_partition", "task_only", "general_only"] = "none"
+
+
+class OWLConfig(_Strict):
+    m: float = Field(5.0, gt=0, description="A score is an outlier above m times its layer's mean score")
+    lam: float = Field(0.08, ge=0, lt=0.5, description="Per-layer sparsities spread over target +- lam")
+
+
 class PruneConfig(_Strict):
-    method: Literal["magnitude", "wanda"] = "wanda"
+    method: Literal["magnitude", "wanda", "task_aware"] = "wanda"
+    base: Literal["wanda"] = Field("wanda", description="task_aware: base criterion scored on each side")
     stats: Literal["general", "task"] = "general"
     sparsity: float = Field(0.5, ge=0, lt=1)
     pattern: str = Field("unstructured", description="'unstructured' or N:M such as '2:4' (N kept of every M)")
+    allocation: Literal["uniform", "owl"] = "uniform"
+    task_aware: TaskAwareConfig = TaskAwareConfig()
+    owl: OWLConfig = OWLConfig()
 
     @field_validator("pattern")
     @classmethod
@@ -90,6 +109,8 @@ class PruneConfig(_Strict):
                 f"pattern {self.pattern} prunes exactly {1 - nm[0] / nm[1]:g} of the weights; "
                 f"set prune.sparsity to {1 - nm[0] / nm[1]:g} (got {self.sparsity:g})"
             )
+        if nm is not None and self.allocation == "owl":
+            raise ValueError("allocation 'owl' varies sparsity per layer; it needs pattern 'unstructured'")
         return self
 
     @property

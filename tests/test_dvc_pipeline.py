@@ -52,3 +52,13 @@ def test_repro_skip_and_experiments(tiny_project):
     assert shown.returncode == 0, shown.stderr
     assert '"sparsity": 0.6' in shown.stdout.replace(" ", "").replace('"sparsity":0.6', '"sparsity": 0.6')
     assert "task_accuracy" in shown.stdout and "bytes_on_disk" in shown.stdout
+
+    aware = dvc(project, "exp", "run", "-S", "prune.method=task_aware", "-S", "prune.allocation=owl")
+    assert aware.returncode == 0, aware.stdout + aware.stderr
+    masks = json.loads((project / "artifacts" / "masks" / "masks.json").read_text())
+    assert masks["method"] == "task_aware" and masks["allocation"] == "owl"
+    assert len(set(masks["layer_target"].values())) == 2 and masks["exclusive"]
+    # `dvc exp run` leaves the last experiment's params applied: sparsity is still 0.6 here
+    assert json.loads((project / "metrics.json").read_text())["pruned"]["sparsity"] == pytest.approx(0.6, abs=0.01)
+    shown = dvc(project, "exp", "show", "--json")
+    assert shown.stdout.count('"task_aware"') >= 1

@@ -42,12 +42,13 @@ def run(params: Params, project: Project) -> None:
     metrics = read_json(project.metrics)
     masks = read_json(project.masks / "masks.json")
     tags = {"git_commit": git_commit(project), **lineage_hashes(project),
-            "sparsity": str(params.prune.sparsity), "pattern": params.prune.pattern, "stats": params.prune.stats}
+            "sparsity": str(params.prune.sparsity), "pattern": params.prune.pattern, "stats": params.prune.stats,
+            "allocation": params.prune.allocation}
     result = register_result(
         params=params, state_dir=project.state, task_label=metrics["task"], metrics=metrics,
         per_layer=masks["per_layer"], stage_records=stage_records(project), model_dir=project.pruned_model,
         artifacts=[project.metrics, project.masks / "masks.json", project.dvc_lock, project.params_file],
-        lineage_tags=tags)
+        lineage_tags=tags, exclusive=masks.get("exclusive"))
     write_json(project.registration, result)
     timer.done(version=result["version"])
     print(f"registered {result['registered_model']} version {result['version']} (alias challenger), "

@@ -2,27 +2,42 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from safetensors import safe_open
 from safetensors.torch import load_file
+
 from taskprune import masks as masklib
 from taskprune.config import Params
 from taskprune.models.loading import load_local
 from taskprune.paths import Project, StageTimer, atomic_dir, write_json
-from taskprune.pruning import compute_masks
+from taskprune.pruning import SideStats, compute_masks
+
+SIDES = ("general", "task")
+
+
+def load_side_stats(path: Path) -> SideStats:
+    with safe_open(str(path), framework="pt") as fh:
+        tokens = int(fh.metadata()["tokens"])
+    return SideStats(load_file(str(path)), tokens)
 
 
 def run(params: Params, project: Project) -> None:
     timer = StageTimer(project, "score")
     cfg = params.prune
     model, _tokenizer, adapter = load_local(project.dense_model, "cpu")
-    stats = None if cfg.method == "magnitude" else load_file(str(project.stats / f"{cfg.stats}.safetensors"))
-    masks = compute_masks(model, adapter, cfg.method, stats, cfg.sparsity, cfg.n_m)
-    per_layer = {key: round(masklib.sparsity(mask), 6) for key, mask in masks.items()}
-    total = sum(m.numel() for m in masks.values())
-    overall = 1 - sum(int(m.sum()) for m in masks.values()) / total
+    stats = None if cfg.method == "magnitude" else {
+        side: load_side_stats(project.stats / f"{side}.safetensors") for side in SIDES}
+    result = compute_masks(model, adapter, cfg, stats)
+    total = sum(m.numel() for m in result.masks.values())
+    overall = 1 - sum(int(m.sum()) for m in result.masks.values()) / total
     with atomic_dir(project.masks) as out:
-        masklib.save_masks(out / "masks.safetensors", masks)
-        write_json(out / "masks.json", {"method": cfg.method, "stats": cfg.stats, "pattern": cfg.pattern,
-                                        "target_sparsity": cfg.sparsity, "sparsity": round(overall, 6),
-                                        "per_layer": per_layer})
-    timer.done(method=cfg.method, stats=cfg.stats, pattern=cfg.pattern)
-    print(f"masks: {len(masks)} linears, {total:,} weights, sparsity {overall:.4f} ({cfg.pattern})")
+        masklib.save_masks(out / "masks.safetensors", result.masks)
+        write_json(out / "masks.json", {
+            "method": cfg.method, "stats": cfg.stats, "pattern": cfg.pattern, "allocation": cfg.allocation,
+            "target_sparsity": cfg.sparsity, "sparsity": round(overall, 6), "per_layer": result.sparsity,
+            "layer_target": {str(k): round(v, 6) for k, v in result.layer_target.items()},
+            "exclusive": result.exclusive})
+    timer.done(method=cfg.method, stats=cfg.stats, pattern=cfg.pattern, allocation=cfg.allocation)
+    print(f"masks: {len(result.masks)} linears, {total:,} weights, sparsity {overall:.4f} "
+          f"({cfg.pattern}, {cfg.allocation})")

@@ -70,9 +70,30 @@ def sparsity_figure(per_layer: dict[str, float], title: str):
     return fig
 
 
+def exclusive_figure(exclusive: dict[str, dict[str, float]], title: str):
+    """Share of input channels exclusive to the task and to general text, per decoder layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = sorted({int(k.split(".", 1)[0]) for k in exclusive})
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for side, colour in (("task", "#d1495b"), ("general", "#3b75af")):
+        means = [sum(v[side] for k, v in exclusive.items() if int(k.split(".", 1)[0]) == layer)
+                 / sum(1 for k in exclusive if int(k.split(".", 1)[0]) == layer) for layer in layers]
+        ax.plot(layers, means, marker="o", ms=3, color=colour, label=f"{side}-exclusive")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("share of input channels")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def register_result(*, params: Params, state_dir: Path, task_label: str, metrics: dict, per_layer: dict[str, float],
                     stage_records: dict[str, dict], model_dir: Path, artifacts: list[Path],
-                    lineage_tags: dict[str, str]) -> dict:
+                    lineage_tags: dict[str, str], exclusive: dict[str, dict[str, float]] | None = None) -> dict:
     """Log the run (params, metrics, plot, files, child run per stage) and register the model as a new
     version with alias ``challenger``. Returns ids for ``register.json``."""
     import mlflow
@@ -82,7 +103,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
     mlflow.set_tracking_uri(uri)
     experiment_id = ensure_experiment(mlflow, params.tracking.experiment, uri, state_dir)
     name = registered_name(params, task_label)
-    run_name = f"{params.prune.method}-{params.prune.pattern.replace(':', 'of')}-{params.prune.sparsity:g}-{task_label}"
+    run_name = f"{params.prune.method}-{params.prune.allocation}-{params.prune.pattern.replace(':', 'of')}-{params.prune.sparsity:g}-{task_label}"
     tags = {**lineage_tags, "task": task_label, "method": params.prune.method}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params({k: str(v) for k, v in flatten(params.model_dump()).items()})
@@ -92,6 +113,9 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
         mlflow.log_metric("run_seconds", float(metrics["run_seconds"]))
         mlflow.log_figure(sparsity_figure(per_layer, f"{run_name}: sparsity per layer"), "plots/sparsity_per_layer.png")
         mlflow.log_dict(per_layer, "sparsity_per_layer.json")
+        if exclusive:
+            mlflow.log_figure(exclusive_figure(exclusive, f"{run_name}: exclusive channels"),
+                              "plots/exclusive_channels.png")
         for path in artifacts:
             if path.exists():
                 mlflow.log_artifact(str(path))
