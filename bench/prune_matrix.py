@@ -119,13 +119,15 @@ def main() -> None:
                                       "acc": rows[-1][3]["task_accuracy"], "ppl": rows[-1][3]["perplexity"]}), flush=True)
     timings["total_s"] = round(time.perf_counter() - started, 1)
 
-    lines = ["| task | scorer | sparsity | task accuracy | McNemar p vs Wanda-general | acc_norm | perplexity "
-             "| test examples | chance |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | scorer | sparsity | task accuracy | prior-corrected | McNemar p vs Wanda-general | acc_norm "
+             "| perplexity | test examples | chance |", "|---|---|---|---|---|---|---|---|---|---|"]
     baseline = {(t, lab): res["items"] for t, name, lab, res, *_ in rows if name == BASELINE}
     for task, name, label, res, chance, n_test, _ in rows:
         ref = baseline.get((task, label))
         p = "-" if ref is None or name in (BASELINE, "dense") else f"{mcnemar_p(res['items'], ref):.3f}"
-        lines.append(f"| {task} | {name} | {label} | {res['task_accuracy']:.3f} | {p} | "
+        corrected = res["task_accuracy_prior_corrected"]
+        corrected = "n/a" if corrected is None else f"{corrected:.3f}"
+        lines.append(f"| {task} | {name} | {label} | {res['task_accuracy']:.3f} | {corrected} | {p} | "
                      f"{res['task_accuracy_norm']:.3f} | {res['perplexity']:.1f} | {n_test} | {chance:.3f} |")
     blocks = ", ".join(f"{task}: {b} blocks" for task, name, _, _, _, _, b in rows if name == "dense")
     lines += ["", f"SmolLM2-135M-Instruct, CPU, {timings['torch_threads']} torch threads. Calibration: "

@@ -6,7 +6,7 @@ import pytest
 
 from taskprune.data import builtin
 from taskprune.data.schema import split, write_jsonl
-from taskprune.evaluation import decode_tokens_per_s, perplexity, run_lm_eval, size_metrics
+from taskprune.evaluation import decode_tokens_per_s, perplexity, prior_corrected_accuracy, run_lm_eval, size_metrics
 from taskprune.models.loading import load_local
 
 
@@ -26,6 +26,7 @@ def test_lm_eval_on_tiny_model(tiny_llama_dir, eval_files):
     result = run_lm_eval(model, tokenizer, eval_files / "test.jsonl", batch_size=16, limit=None, device="cpu")
     assert result["test_examples"] == 40 and len(result["items"]) == 40
     assert result["task_accuracy"] == pytest.approx(sum(result["items"].values()) / 40)
+    assert 0 <= result["task_accuracy_prior_corrected"] <= 1  # sentiment: a fixed label set
     limited = run_lm_eval(model, tokenizer, eval_files / "test.jsonl", batch_size=16, limit=10, device="cpu")
     assert limited["test_examples"] == 10
 
@@ -56,3 +57,18 @@ def test_perplexity_matches_the_model_loss(tiny_llama_dir):
     assert result["perplexity_tokens"] == blocks.shape[0] * 31
     assert result["perplexity"] == pytest.approx(math.exp(loss), rel=1e-4)
     assert 1.0 < result["perplexity"] < len(tokenizer) * 10
+
+
+def test_prior_correction_removes_a_label_lean():
+    # A model that scores "negative" 2 nats higher everywhere, but still ranks the items right
+    # once that lean is removed: raw accuracy 0.5, prior-corrected 1.0.
+    labels = ["positive", "negative"]
+    scored = []
+    for gold in [0, 1] * 10:
+        signal = 0.5 if gold == 0 else -0.5
+        scored.append((labels, [signal, -signal + 2.0], gold))
+    raw = sum(int(max(range(2), key=lls.__getitem__) == gold) for _, lls, gold in scored) / len(scored)
+    assert raw == 0.5
+    assert prior_corrected_accuracy(scored) == 1.0
+    open_choices = [([f"city{i}", f"city{i + 100}"], [0.0, -1.0], 0) for i in range(40)]
+    assert prior_corrected_accuracy(open_choices) is None  # no fixed label set: not defined

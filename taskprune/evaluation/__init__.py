@@ -61,13 +61,38 @@ def run_lm_eval(model, tokenizer, test_jsonl: Path, batch_size: int, limit: int 
             random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
         )
     mc = results["results"][MC_TASK]
+    scored = [(s["doc"]["choices"], [ll for ll, _ in s["filtered_resps"]], s["doc"]["gold"])
+              for s in results["samples"][MC_TASK]]
     items = sorted(((s["doc"].get("id", str(s["doc_id"])), int(s["acc"])) for s in results["samples"][MC_TASK]))
     return {
         "task_accuracy": mc["acc,none"],
         "task_accuracy_norm": mc["acc_norm,none"],
+        "task_accuracy_prior_corrected": prior_corrected_accuracy(scored),
         "test_examples": len(items),
         "items": {doc_id: correct for doc_id, correct in items},
     }
+
+
+def prior_corrected_accuracy(scored: list[tuple[list[str], list[float], int]], min_share: float = 0.05) -> float | None:
+    """Accuracy after removing each answer string's prior: from every choice's log-likelihood
+    subtract the mean log-likelihood that string gets over the test set.
+
+    A pruned model that leans toward one label (say "negative") gains nothing from the lean
+    here, while raw accuracy can flatter or hide it. Defined for tasks whose choices come from
+    a fixed label set (every choice string in at least ``min_share`` of the items); ``None`` otherwise.
+    """
+    totals: dict[str, list[float]] = {}
+    for choices, lls, _ in scored:
+        for choice, ll in zip(choices, lls):
+            totals.setdefault(choice, []).append(ll)
+    if not scored or min(len(v) for v in totals.values()) < min_share * len(scored):
+        return None
+    prior = {choice: sum(v) / len(v) for choice, v in totals.items()}
+    correct = 0
+    for choices, lls, gold in scored:
+        corrected = [ll - prior[c] for c, ll in zip(choices, lls)]
+        correct += int(max(range(len(choices)), key=corrected.__getitem__) == gold)
+    return correct / len(scored)
 
 
 @torch.no_grad()
