@@ -7,6 +7,7 @@ from rich.table import Table
 
 ROWS = [
     ("task accuracy", "task_accuracy", "{:.4f}"),
+    ("task accuracy, prior-corrected", "task_accuracy_prior_corrected", "{:.4f}"),
     ("perplexity (general text)", "perplexity", "{:.2f}"),
     ("parameters", "params", "{:,}"),
     ("non-zero parameters", "nonzero_params", "{:,}"),
@@ -23,8 +24,12 @@ def results_table(metrics: dict) -> Table:
     table.add_column("metric")
     table.add_column("dense", justify="right")
     table.add_column("pruned", justify="right")
+    def cell(side: dict, key: str, fmt: str) -> str:
+        value = side.get(key)
+        return "n/a" if value is None else fmt.format(value)
+
     for label, key, fmt in ROWS:
-        table.add_row(label, fmt.format(dense[key]), fmt.format(pruned[key]))
+        table.add_row(label, cell(dense, key, fmt), cell(pruned, key, fmt))
     seconds = metrics.get("stage_seconds", {})
     table.caption = ("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
                      + f"; total {metrics.get('run_seconds', 0):.0f} s")

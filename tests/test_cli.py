@@ -51,3 +51,20 @@ def test_unknown_architecture_in_stage(project, tmp_path):
     (model / "model.safetensors").write_bytes(b"")
     done = taskprune(project, "run", "-S", f"model.name={model}", timeout=300)
     assert done.returncode == 2 and "unknown architecture 'mamba'" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_failing_stage_stops_the_flow_with_its_message(tmp_path, tiny_llama_dir):
+    """An error inside a stage (here: the general text file is missing) surfaces through DVC and
+    Prefect as the stage's own message and exit 2; later stages do not run."""
+    from conftest import make_project
+    from taskprune import config
+
+    project = make_project(tmp_path / "proj")
+    config.write_overrides(project / "params.yaml", [
+        f"model.name={tiny_llama_dir}", "calibration.general.source=file", "calibration.general.path=missing.txt"])
+    done = taskprune(project, "run", timeout=600)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "missing.txt: file not found" in done.stdout + done.stderr
+    assert "stage prepare_data failed" in done.stderr
+    assert not (project / "artifacts" / "stats").exists()
