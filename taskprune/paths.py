@@ -45,11 +45,6 @@ class Project:
     downloads = property(lambda self: self.state / "downloads")
     timings = property(lambda self: self.state / "timings")
 
-    def resolve_user_path(self, value: str) -> Path:
-        """A user-given local path, relative to the project root when not absolute."""
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else self.root / path
-
 
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:

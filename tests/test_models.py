@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from taskprune.calibration import collect_input_square_sums, hooks_removed_on_exit, token_blocks
+from taskprune.calibration import collect_input_square_sums, hooks_removed_on_exit
+from taskprune.data.tokens import token_blocks
 from taskprune.errors import TaskPruneError
 from taskprune.models.adapters import adapter_for
 from taskprune.models.loading import check_model_dir, load_local, resolve_source

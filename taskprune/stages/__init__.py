@@ -8,7 +8,6 @@ from __future__ import annotations
 from importlib import import_module
 
 from taskprune.config import Params
-from taskprune.errors import TaskPruneError
 from taskprune.paths import Project
 
 STAGES = ("fetch_model", "prepare_data", "calibrate", "score", "prune", "evaluate", "register")
@@ -23,23 +22,13 @@ def run_stage(name: str, params: Params, project: Project, **options) -> None:
 def preflight(project: Project, overrides: list[str]) -> Params:
     """Validate params (with overrides), every task row, and a local model directory, before any
     stage runs, so a typo or a bad file fails in seconds and leaves every output untouched."""
-    import json
-
     from taskprune import config
-    from taskprune.models.adapters import adapter_for
-    from taskprune.models.loading import check_model_dir
+    from taskprune.models.loading import local_model_dir
     from taskprune.stages.prepare_data import load_task
 
     params = config.load(project.params_file, overrides)
     load_task(params, project)
     name = params.model.name
-    if name.startswith("pip:") or name.endswith(".gguf"):
-        return params
-    local = project.resolve_user_path(name)
-    if local.exists() or name.startswith((".", "/", "~")):
-        if not local.is_dir():
-            raise TaskPruneError(f"model.name: directory {local} not found (and not a hub id)")
-        check_model_dir(local)
-        model_type = json.loads((local / "config.json").read_text()).get("model_type", "unknown")
-        adapter_for(model_type, f"model.name {name!r}")
+    if not name.startswith("pip:") and not name.endswith(".gguf"):
+        local_model_dir(name, project.root)  # checks a local directory and its architecture
     return params

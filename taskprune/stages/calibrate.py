@@ -6,7 +6,8 @@ import json
 
 from safetensors.torch import save_file
 
-from taskprune.calibration import collect_input_square_sums, token_blocks
+from taskprune.calibration import collect_input_square_sums
+from taskprune.data.tokens import token_blocks
 from taskprune.config import Params
 from taskprune.data.schema import read_jsonl
 from taskprune.models.loading import load_local, pick_device
