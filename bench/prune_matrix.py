@@ -9,6 +9,8 @@ the same library functions as the pipeline stages and the defaults of params.yam
 (calibration size, evaluation settings). Writes a markdown table.
 
     .venv/bin/python bench/prune_matrix.py [--tasks capital sentiment] [--out bench/results/prune_matrix.md]
+    .venv/bin/python bench/prune_matrix.py --general-seed 1 --only "wanda (general stats)" "task-aware fusion" \
+        --out bench/results/prune_matrix_seed1.md   # a second general-calibration sample
 
 Needs the dense model: run `taskprune stage fetch_model` (or `taskprune run`) first.
 """
@@ -73,10 +75,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=sorted(builtin.BUILTIN))
     parser.add_argument("--out", type=Path, default=Path("bench/results/prune_matrix.md"))
+    parser.add_argument("--general-seed", type=int, default=None,
+                        help="shuffle seed of the general text (another calibration sample and held-out set)")
+    parser.add_argument("--only", nargs="+", default=None, help="scorer labels to run (default: all)")
     args = parser.parse_args()
 
     project = Project.find()
     params = Params()
+    if args.general_seed is not None:
+        params.calibration.seed = args.general_seed
     model, tokenizer, adapter = load_local(project.dense_model)
     originals = {k: adapter.weight(m).clone() for k, m in adapter.named_linears(model).items()}
     passages = general.load_passages(params.calibration.general, project.root, project.downloads)
@@ -103,7 +110,7 @@ def main() -> None:
             dense = evaluate(model, tokenizer, test_jsonl, held_out, params)
             chance = sum(1 / len(ex.choices) for ex in test) / len(test)
             rows.append((task, "dense", "-", dense, chance, len(test), task_blocks.shape[0]))
-            for name, scorer in SCORERS:
+            for name, scorer in [(n, c) for n, c in SCORERS if args.only is None or n in args.only]:
                 for label, pattern in PATTERNS:
                     cfg = {**scorer, **pattern}
                     if cfg.get("allocation") == "owl" and "pattern" in cfg:
@@ -130,7 +137,8 @@ def main() -> None:
         lines.append(f"| {task} | {name} | {label} | {res['task_accuracy']:.3f} | {corrected} | {p} | "
                      f"{res['task_accuracy_norm']:.3f} | {res['perplexity']:.1f} | {n_test} | {chance:.3f} |")
     blocks = ", ".join(f"{task}: {b} blocks" for task, name, _, _, _, _, b in rows if name == "dense")
-    lines += ["", f"SmolLM2-135M-Instruct, CPU, {timings['torch_threads']} torch threads. Calibration: "
+    lines += ["", f"SmolLM2-135M-Instruct, CPU, {timings['torch_threads']} torch threads. General text seed "
+              f"{params.calibration.seed}. Calibration: "
               f"{general_blocks.shape[0]} x {cal.seq_len} general tokens (fortunes), task text {blocks} "
               f"of {cal.seq_len} tokens. Perplexity: token-level on {params.evaluate.perplexity_docs} held-out "
               f"fortune documents. Timings: {json.dumps(timings)}"]
