@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from taskprune import config
+from tasks.stages import dvc_environment
 
 
 def cli_env(project: Path) -> dict[str, str]:
-    environment = dict(os.environ)
-    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
+    environment = dvc_environment()  # this interpreter's scripts first on PATH, as the flow does
     environment.pop("MLFLOW_TRACKING_URI", None)
     environment.pop("TASKPRUNE_PROJECT", None)
     environment["PYTHONUNBUFFERED"] = "1"

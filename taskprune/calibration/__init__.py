@@ -20,6 +20,9 @@ from taskprune.errors import TaskPruneError
 from taskprune.models.adapters import ModelAdapter
 
 
+SIDES = ("general", "task")  # the two calibration corpora: general text, task text
+
+
 class _Captured(Exception):
     pass
 

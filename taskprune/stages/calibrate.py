@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import json
-
 from safetensors.torch import save_file
 
-from taskprune.calibration import collect_input_square_sums
+from taskprune.calibration import SIDES, collect_input_square_sums
 from taskprune.data.tokens import token_blocks
 from taskprune.config import Params
 from taskprune.data.schema import read_jsonl
 from taskprune.models.loading import load_local, pick_device
 from taskprune.paths import Project, StageTimer, atomic_dir, write_json
-
-SIDES = ("general", "task")
+from taskprune.stages.prepare_data import read_texts
 
 
 def calibration_texts(project: Project) -> dict[str, list[str]]:
-    general = [json.loads(line)["text"] for line in (project.data / "general_calib.jsonl").open(encoding="utf-8")]
+    general = read_texts(project.data / "general_calib.jsonl")
     task = [ex.calibration_text() for ex in read_jsonl(project.data / "task_calib.jsonl")]
     return {"general": general, "task": task}
 

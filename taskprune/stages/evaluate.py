@@ -6,12 +6,11 @@ Evaluating ``pruned`` also writes ``metrics.json``, the DVC metrics file that
 
 from __future__ import annotations
 
-import json
-
 from taskprune.config import Params
 from taskprune.evaluation import evaluate_loaded, size_metrics
 from taskprune.models.loading import load_local, pick_device
 from taskprune.paths import Project, StageTimer, read_json, write_json
+from taskprune.stages.prepare_data import read_texts
 
 TIMED_STAGES = ("fetch_model", "prepare_data", "calibrate", "score", "prune", "evaluate_dense", "evaluate")
 
@@ -27,7 +26,7 @@ def evaluate_model(params: Params, project: Project, which: str) -> dict:
     model_dir = project.dense_model if which == "dense" else project.pruned_model
     model, tokenizer, adapter = load_local(model_dir, device)
     print(f"evaluating {which} model on the test split and held-out general text ...", flush=True)
-    held_out = [json.loads(line)["text"] for line in (project.data / "general_eval.jsonl").open(encoding="utf-8")]
+    held_out = read_texts(project.data / "general_eval.jsonl")
     result = evaluate_loaded(model, tokenizer, project.data / "task_test.jsonl", held_out, params.evaluate, device)
     result.update(size_metrics(model, adapter, model_dir))
     return result

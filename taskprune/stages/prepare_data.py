@@ -44,10 +44,17 @@ def load_task(params: Params, project: Project) -> list[Example]:
     return builtin.generate(params.task.name, params.task.seed)
 
 
-def _write_texts(path, texts: list[str]) -> None:
+def write_texts(path, texts: list[str]) -> None:
+    """Texts as JSONL rows ``{"text": ...}`` (general calibration pool, held-out documents)."""
     with path.open("w", encoding="utf-8") as fh:
         for text in texts:
             fh.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+
+
+def read_texts(path) -> list[str]:
+    """The texts that ``write_texts`` wrote."""
+    with path.open(encoding="utf-8") as fh:
+        return [json.loads(line)["text"] for line in fh]
 
 
 def run(params: Params, project: Project) -> None:
@@ -60,8 +67,8 @@ def run(params: Params, project: Project) -> None:
     with atomic_dir(project.data) as out:
         write_jsonl(out / "task_calib.jsonl", calib)
         write_jsonl(out / "task_test.jsonl", test)
-        _write_texts(out / "general_calib.jsonl", pool)
-        _write_texts(out / "general_eval.jsonl", eval_docs)
+        write_texts(out / "general_calib.jsonl", pool)
+        write_texts(out / "general_eval.jsonl", eval_docs)
         write_json(out / "stage.json", dict(
             task=task_label(params), task_source=params.task.path or f"built-in:{params.task.name}",
             task_fingerprint=source_fingerprint(params, project),

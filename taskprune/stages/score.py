@@ -11,9 +11,8 @@ from taskprune import masks as masklib
 from taskprune.config import Params
 from taskprune.models.loading import load_local
 from taskprune.paths import Project, StageTimer, atomic_dir, write_json
+from taskprune.calibration import SIDES
 from taskprune.pruning import SideStats, compute_masks
-
-SIDES = ("general", "task")
 
 
 def load_side_stats(path: Path) -> SideStats:
