@@ -78,15 +78,23 @@ class OWLConfig(_Strict):
     lam: float = Field(0.08, ge=0, lt=0.5, description="Per-layer sparsities spread over target +- lam")
 
 
+class SparseGPTConfig(_Strict):
+    """OBS pruning (method sparsegpt, or task_aware with base sparsegpt); taskprune/scoring/sparsegpt.py."""
+
+    blocksize: int = Field(128, gt=0, description="Columns whose mask is chosen together (lazy OBS updates)")
+    damp: float = Field(0.01, gt=0, le=1, description="Added to the Hessian diagonal, times its mean")
+
+
 class PruneConfig(_Strict):
-    method: Literal["magnitude", "wanda", "task_aware"] = "wanda"
-    base: Literal["wanda"] = Field("wanda", description="task_aware: base criterion scored on each side")
-    stats: Literal["general", "task"] = "general"
+    method: Literal["magnitude", "wanda", "sparsegpt", "task_aware"] = "wanda"
+    base: Literal["wanda", "sparsegpt"] = Field("wanda", description="task_aware: base criterion scored on each side")
+    stats: Literal["general", "task"] = Field("general", description="wanda, sparsegpt: calibration side used")
     sparsity: float = Field(0.5, ge=0, lt=1)
     pattern: str = Field("unstructured", description="'unstructured' or N:M such as '2:4' (N kept of every M)")
     allocation: Literal["uniform", "owl"] = "uniform"
     task_aware: TaskAwareConfig = TaskAwareConfig()
     owl: OWLConfig = OWLConfig()
+    sparsegpt: SparseGPTConfig = SparseGPTConfig()
 
     @field_validator("pattern")
     @classmethod
@@ -111,7 +119,20 @@ class PruneConfig(_Strict):
             )
         if nm is not None and self.allocation == "owl":
             raise ValueError("allocation 'owl' varies sparsity per layer; it needs pattern 'unstructured'")
+        if nm is not None and self.sequential and self.sparsegpt.blocksize % nm[1]:
+            raise ValueError(f"pattern {self.pattern} needs prune.sparsegpt.blocksize divisible by {nm[1]} "
+                             f"(got {self.sparsegpt.blocksize})")
         return self
+
+    @property
+    def label(self) -> str:
+        """The method in a word: 'wanda', 'sparsegpt', 'task_aware+sparsegpt', ..."""
+        return f"task_aware+{self.base}" if self.method == "task_aware" else self.method
+
+    @property
+    def sequential(self) -> bool:
+        """SparseGPT-based: calibrated layer by layer on the pruned model, weights updated."""
+        return self.method == "sparsegpt" or (self.method == "task_aware" and self.base == "sparsegpt")
 
     @property
     def n_m(self) -> tuple[int, int] | None:

@@ -38,6 +38,7 @@ class Project:
     data = property(lambda self: self.artifacts / "data")
     stats = property(lambda self: self.artifacts / "stats")
     masks = property(lambda self: self.artifacts / "masks")
+    updates = property(lambda self: self.artifacts / "updates")  # SparseGPT's updated weights
     eval_dir = property(lambda self: self.artifacts / "eval")
     registration = property(lambda self: self.artifacts / "register.json")
     metrics = property(lambda self: self.root / "metrics.json")

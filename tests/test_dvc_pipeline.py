@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from conftest import make_project, write_general_text
 from pipeline_helpers import configure_tiny, dvc
@@ -62,3 +63,24 @@ def test_repro_skip_and_experiments(tiny_project):
     assert json.loads((project / "metrics.json").read_text())["pruned"]["sparsity"] == pytest.approx(0.6, abs=0.01)
     shown = dvc(project, "exp", "show", "--json")
     assert shown.stdout.count('"task_aware"') >= 1
+
+    assert not (project / "artifacts" / "updates" / "weights.safetensors").exists()  # score-only: no updates
+    sparse = dvc(project, "exp", "run", "-S", "prune.method=task_aware", "-S", "prune.base=sparsegpt",
+                 "-S", "prune.allocation=uniform", "-S", "prune.pattern=2:4", "-S", "prune.sparsity=0.5")
+    assert sparse.returncode == 0, sparse.stdout + sparse.stderr
+    assert "Stage 'calibrate' didn't change, skipping" in sparse.stdout
+    from safetensors.torch import load_file
+
+    from taskprune.models.loading import load_local
+
+    updated = load_file(str(project / "artifacts" / "updates" / "weights.safetensors"))
+    model, _, adapter = load_local(project / "artifacts" / "model" / "pruned")
+    dense, _, _ = load_local(project / "artifacts" / "model" / "dense")
+    dense_linears = adapter.named_linears(dense)
+    for key, module in adapter.named_linears(model).items():
+        weight = adapter.weight(module)
+        assert (weight.reshape(weight.shape[0], -1, 4) != 0).sum(dim=2).max() <= 2, key
+        assert torch.equal(weight, updated[key]), key  # the pruned model carries SparseGPT's updated weights
+        kept = weight != 0
+        assert not torch.equal(weight[kept], adapter.weight(dense_linears[key])[kept]), key  # OBS-updated
+    assert json.loads((project / "metrics.json").read_text())["pruned"]["sparsity"] == pytest.approx(0.5, abs=0.01)

@@ -89,6 +89,59 @@ def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple
     return args, {**kwargs, "hidden_states": hidden}
 
 
+class LayerPass:
+    """One decoder layer during a sequential pass: its current inputs per calibration side.
+
+    ``run(side)`` runs the layer on that side's inputs (hooks see its linears' inputs);
+    after the caller changed the layer's weights it calls ``changed()``, and the
+    outputs handed to the next layer are recomputed with the new weights.
+    """
+
+    def __init__(self, index: int, layer: nn.Module, inputs: dict[str, list], device: str):
+        self.index, self.layer, self.inputs, self.device = index, layer, inputs, device
+        self.outputs: dict[str, list[torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def run(self, side: str) -> None:
+        outputs = []
+        for args, kwargs in self.inputs[side]:
+            args, kwargs = _with_hidden(args, kwargs, _hidden_of(args, kwargs).to(self.device))
+            try:
+                out = self.layer(*args, **kwargs)
+            except torch.OutOfMemoryError:
+                raise TaskPruneError("out of memory in calibration: lower calibration.batch_size, "
+                                     "calibration.seq_len or calibration.num_samples") from None
+            outputs.append((out[0] if isinstance(out, tuple) else out).to("cpu"))
+        self.outputs[side] = outputs
+
+    def changed(self) -> None:
+        self.outputs.clear()
+
+    def next_inputs(self) -> dict[str, list]:
+        for side in self.inputs:
+            if side not in self.outputs:
+                self.run(side)
+        return {side: [_with_hidden(args, kwargs, hidden) for (args, kwargs), hidden
+                       in zip(self.inputs[side], self.outputs[side])] for side in self.inputs}
+
+
+@torch.no_grad()
+def sequential_layers(model: nn.Module, adapter: ModelAdapter, blocks: dict[str, torch.Tensor], batch_size: int,
+                      device: str, desc: str) -> Iterator[LayerPass]:
+    """Yield each decoder layer, on the device, with the inputs it gets from the layers before it.
+
+    The model runs once up to layer 0 per side; from then on each layer runs on the
+    previous layer's outputs (after any changes the caller made to that layer).
+    """
+    layers = adapter.layers(model)
+    inputs = {side: capture_layer_inputs(model, adapter, ids, batch_size, device) for side, ids in blocks.items()}
+    for index, layer in enumerate(tqdm(layers, desc=desc, unit="layer")):
+        with _onloaded([layer], device):
+            step = LayerPass(index, layer, inputs, device)
+            yield step
+            inputs = step.next_inputs()
+
+
 class SquareSums:
     """Running per-input-channel sum of squares (float64) and token count for one linear."""
 
@@ -102,34 +155,38 @@ class SquareSums:
         self.tokens += x.shape[0]
 
 
+class Hessian:
+    """Running ``sum_t x_t x_t^T`` (float32) of one linear's inputs."""
+
+    def __init__(self, in_features: int, device: str):
+        self.sum = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).to(torch.float32)
+        self.sum.addmm_(x.T, x)
+
+
+def accumulate_inputs(step: LayerPass, adapter: ModelAdapter, side: str, make: Callable[[int], object]) -> dict:
+    """Run ``step``'s layer on one side with an accumulator (``make(in_features)``) on every linear's input."""
+    linears = adapter.linears(step.layer)
+    accs = {name: make(adapter.in_features(module)) for name, module in linears.items()}
+    with hooks_removed_on_exit() as handles:
+        for name, module in linears.items():
+            handles.append(module.register_forward_hook(lambda _m, inp, _out, a=accs[name]: a.add(inp[0])))
+        step.run(side)
+    return accs
+
+
 @torch.no_grad()
 def collect_input_square_sums(model: nn.Module, adapter: ModelAdapter, input_ids: torch.Tensor,
-                              batch_size: int = 8, device: str = "cpu", desc: str = "calibrating",
-                              on_layer: Callable[[int], None] | None = None) -> dict[str, torch.Tensor]:
+                              batch_size: int = 8, device: str = "cpu", desc: str = "calibrating"
+                              ) -> dict[str, torch.Tensor]:
     """Sum over all calibration tokens of x_j^2 for every input channel j of every decoder linear.
 
     Keys are ``"<layer index>.<linear name>"``; ``sqrt`` of a value is Wanda's ||X_j||_2.
     """
-    layers = adapter.layers(model)
-    inputs = capture_layer_inputs(model, adapter, input_ids, batch_size, device)
     stats: dict[str, torch.Tensor] = {}
-    for index, layer in enumerate(tqdm(layers, desc=desc, unit="layer")):
-        sums = {name: SquareSums(adapter.in_features(module)) for name, module in adapter.linears(layer).items()}
-        outputs = []
-        with _onloaded([layer], device), hooks_removed_on_exit() as handles:
-            for name, module in adapter.linears(layer).items():
-                handles.append(module.register_forward_hook(lambda _m, inp, _out, s=sums[name]: s.add(inp[0])))
-            for args, kwargs in inputs:
-                args, kwargs = _with_hidden(args, kwargs, _hidden_of(args, kwargs).to(device))
-                try:
-                    out = layer(*args, **kwargs)
-                except torch.OutOfMemoryError:
-                    raise TaskPruneError("out of memory in calibration: lower calibration.batch_size, "
-                                         "calibration.seq_len or calibration.num_samples") from None
-                outputs.append(out[0] if isinstance(out, tuple) else out)
-        inputs = [_with_hidden(args, kwargs, hidden.to("cpu")) for (args, kwargs), hidden in zip(inputs, outputs)]
-        for name, acc in sums.items():
-            stats[f"{index}.{name}"] = acc.sum.to(torch.float32)
-        if on_layer:
-            on_layer(index)
+    for step in sequential_layers(model, adapter, {"calibration": input_ids}, batch_size, device, desc):
+        for name, acc in accumulate_inputs(step, adapter, "calibration", SquareSums).items():
+            stats[f"{step.index}.{name}"] = acc.sum.to(torch.float32)
     return stats

@@ -14,15 +14,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Zero the ``k`` lowest-scoring weights of every output row."""
+    mask = torch.ones_like(scores, dtype=torch.bool)
+    if k:
+        mask.scatter_(1, torch.topk(scores, k, dim=1, largest=False).indices, False)
+    return mask
+
+
 def unstructured_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Zero the ``floor(in * sparsity)`` lowest-scoring weights of every output row."""
-    rows, cols = scores.shape
-    prune = int(cols * sparsity)
-    mask = torch.ones(rows, cols, dtype=torch.bool)
-    if prune:
-        lowest = torch.topk(scores, prune, dim=1, largest=False).indices
-        mask.scatter_(1, lowest, False)
-    return mask
+    return lowest_k_mask(scores, int(scores.shape[1] * sparsity))
 
 
 def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -13,6 +13,11 @@
 
 Ablations: ``no_partition`` (every channel shared: the plain weighted average),
 ``task_only`` (S_T), ``general_only`` (S_G).
+
+With SparseGPT as the base, each side's layer-input Hessian is normalised to mean
+diagonal 1 (its diagonal is the square sums, so the partition is the same as
+above); the per-side scores are the OBS saliencies ``w^2 / [H_side^-1]_jj^2``, fused
+block by block as above, and the OBS update uses ``alpha * H_G + (1 - alpha) * H_T``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from taskprune.scoring.sparsegpt import inverse_hessian_factor, obs_saliency, sparsegpt_prune
 from taskprune.scoring.wanda import wanda_scores
 
 EPS = 1e-12
@@ -69,6 +75,17 @@ def fuse_scores(general_scores: torch.Tensor, task_scores: torch.Tensor, task_ex
     return fused
 
 
+def _exclusive_channels(general: ChannelStats, task: ChannelStats, ablation: str,
+                        exclusive_fraction: float | None, tau: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    g_hat, t_hat = general.normalised_rms(), task.normalised_rms()
+    if ablation == "none":
+        return partition_channels(g_hat, t_hat, exclusive_fraction=exclusive_fraction, tau=tau)
+    if ablation in ("no_partition", "task_only", "general_only"):
+        none = torch.zeros_like(g_hat, dtype=torch.bool)
+        return none, none
+    raise ValueError(f"unknown ablation {ablation!r}")
+
+
 def task_aware_scores(weight: torch.Tensor, general: ChannelStats, task: ChannelStats, *, alpha: float,
                       exclusive_fraction: float | None = None, tau: float | None = None,
                       ablation: str = "none") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,15 +93,35 @@ def task_aware_scores(weight: torch.Tensor, general: ChannelStats, task: Channel
     g_hat, t_hat = general.normalised_rms(), task.normalised_rms()
     s_g = wanda_scores(weight, g_hat.float() ** 2)
     s_t = wanda_scores(weight, t_hat.float() ** 2)
-    none = torch.zeros_like(g_hat, dtype=torch.bool)
+    task_excl, general_excl = _exclusive_channels(general, task, ablation, exclusive_fraction, tau)
     if ablation == "general_only":
-        return s_g / s_g.mean().clamp_min(EPS), none, none
+        return s_g / s_g.mean().clamp_min(EPS), task_excl, general_excl
     if ablation == "task_only":
-        return s_t / s_t.mean().clamp_min(EPS), none, none
-    if ablation == "no_partition":
-        task_excl, general_excl = none, none
-    elif ablation == "none":
-        task_excl, general_excl = partition_channels(g_hat, t_hat, exclusive_fraction=exclusive_fraction, tau=tau)
-    else:
-        raise ValueError(f"unknown ablation {ablation!r}")
+        return s_t / s_t.mean().clamp_min(EPS), task_excl, general_excl
     return fuse_scores(s_g, s_t, task_excl, general_excl, alpha), task_excl, general_excl
+
+
+def task_aware_sparsegpt(weight: torch.Tensor, general_hessian: torch.Tensor, task_hessian: torch.Tensor, *,
+                         alpha: float, sparsity: float, n_m: tuple[int, int] | None = None,
+                         exclusive_fraction: float | None = None, tau: float | None = None, ablation: str = "none",
+                         blocksize: int = 128, damp: float = 0.01
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SparseGPT with fused saliencies: (pruned weight, keep mask, task-exclusive, general-exclusive)."""
+    h_g = general_hessian.double() / torch.diagonal(general_hessian).double().mean().clamp_min(EPS)
+    h_t = task_hessian.double() / torch.diagonal(task_hessian).double().mean().clamp_min(EPS)
+    task_excl, general_excl = _exclusive_channels(
+        ChannelStats(torch.diagonal(h_g), 1), ChannelStats(torch.diagonal(h_t), 1), ablation, exclusive_fraction, tau)
+    prune = dict(sparsity=sparsity, n_m=n_m, blocksize=blocksize, damp=damp)
+    if ablation in ("general_only", "task_only"):
+        w, keep = sparsegpt_prune(weight, h_g if ablation == "general_only" else h_t, **prune)
+        return w, keep, task_excl, general_excl
+    d_g = torch.diagonal(inverse_hessian_factor(h_g, damp)[0])
+    d_t = torch.diagonal(inverse_hessian_factor(h_t, damp)[0])
+
+    def fused(block: torch.Tensor, _diag: torch.Tensor, start: int) -> torch.Tensor:
+        cols = slice(start, start + block.shape[1])
+        return fuse_scores(obs_saliency(block, d_g[cols]), obs_saliency(block, d_t[cols]),
+                           task_excl[cols], general_excl[cols], alpha)
+
+    w, keep = sparsegpt_prune(weight, alpha * h_g + (1 - alpha) * h_t, **prune, block_scores=fused)
+    return w, keep, task_excl, general_excl

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 from safetensors.torch import save_file
 
 from taskprune.calibration import SIDES, collect_input_square_sums
 from taskprune.data.tokens import token_blocks
-from taskprune.config import Params
+from taskprune.config import CalibrationConfig, Params
 from taskprune.data.schema import read_jsonl
 from taskprune.models.loading import load_local, pick_device
 from taskprune.paths import Project, StageTimer, atomic_dir, write_json
@@ -19,19 +20,26 @@ def calibration_texts(project: Project) -> dict[str, list[str]]:
     return {"general": general, "task": task}
 
 
+def calibration_blocks(project: Project, cfg: CalibrationConfig, tokenizer, sides=SIDES) -> dict[str, torch.Tensor]:
+    """Token blocks (num_samples x seq_len, or fewer when the text is short) of each calibration side."""
+    texts = calibration_texts(project)
+    blocks = {}
+    for side in sides:
+        blocks[side] = token_blocks(tokenizer, texts[side], cfg.seq_len, cfg.num_samples)
+        if len(blocks[side]) < cfg.num_samples:
+            print(f"note: the {side} calibration text fills {len(blocks[side])} of {cfg.num_samples} blocks of "
+                  f"{cfg.seq_len} tokens; calibrating on {len(blocks[side])}")
+    return blocks
+
+
 def run(params: Params, project: Project) -> None:
     timer = StageTimer(project, "calibrate")
     cfg = params.calibration
     device = pick_device(params.model.device)
     model, tokenizer, adapter = load_local(project.dense_model, "cpu")  # layers are onloaded one at a time
-    texts = calibration_texts(project)
     record = {"device": device, "num_samples": cfg.num_samples, "seq_len": cfg.seq_len}
     with atomic_dir(project.stats) as out:
-        for side in SIDES:
-            ids = token_blocks(tokenizer, texts[side], cfg.seq_len, cfg.num_samples)
-            if len(ids) < cfg.num_samples:
-                print(f"note: the {side} calibration text fills {len(ids)} of {cfg.num_samples} blocks of "
-                      f"{cfg.seq_len} tokens; calibrating on {len(ids)}")
+        for side, ids in calibration_blocks(project, cfg, tokenizer).items():
             started = timer.seconds()
             stats = collect_input_square_sums(model, adapter, ids, cfg.batch_size, device, desc=f"calibrate {side}")
             save_file(stats, str(out / f"{side}.safetensors"),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from safetensors.torch import load_file
+
 from taskprune import masks as masklib
 from taskprune.config import Params
 from taskprune.models.loading import load_local, save_model
-from taskprune.pruning import apply_masks
+from taskprune.pruning import apply_masks, load_updated_weights
 from taskprune.paths import Project, StageTimer, atomic_dir, read_json, write_json
 
 
@@ -23,6 +25,9 @@ def print_sparsity(achieved: dict[str, float]) -> None:
 def run(params: Params, project: Project) -> None:
     timer = StageTimer(project, "prune")
     model, tokenizer, adapter = load_local(project.dense_model, "cpu")
+    updated = project.updates / "weights.safetensors"
+    if updated.exists():  # SparseGPT: the OBS-updated weights replace the dense ones before masking
+        load_updated_weights(model, adapter, load_file(str(updated)))
     achieved = apply_masks(model, adapter, masklib.load_masks(project.masks / "masks.safetensors"))
     print_sparsity(achieved)
     info = read_json(project.masks / "masks.json")

@@ -103,8 +103,8 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
     mlflow.set_tracking_uri(uri)
     experiment_id = ensure_experiment(mlflow, params.tracking.experiment, uri, state_dir)
     name = registered_name(params, task_label)
-    run_name = f"{params.prune.method}-{params.prune.allocation}-{params.prune.pattern.replace(':', 'of')}-{params.prune.sparsity:g}-{task_label}"
-    tags = {**lineage_tags, "task": task_label, "method": params.prune.method}
+    run_name = f"{params.prune.label}-{params.prune.allocation}-{params.prune.pattern.replace(':', 'of')}-{params.prune.sparsity:g}-{task_label}"
+    tags = {**lineage_tags, "task": task_label, "method": params.prune.label}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params({k: str(v) for k, v in flatten(params.model_dump()).items()})
         for side in ("dense", "pruned"):
