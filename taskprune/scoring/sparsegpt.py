@@ -73,16 +73,15 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         if not n_m:  # pruned per row so far, rounded down, so the rows reach floor(cols * sparsity) exactly
             count = int(end * sparsity) - int(start * sparsity)
             keep[:, start:end] = masklib.lowest_k_mask(score(block, diag, start), count)
+        dropped = (~keep[:, start:end]).to(block.dtype)
         for i in range(end - start):
             if n_m and i % n_m[1] == 0:
                 group = slice(i, i + n_m[1])
                 keep[:, start + i:start + i + n_m[1]] = masklib.nm_mask(
                     score(block[:, group], diag[group], start + i), *n_m)
-            column = block[:, i]
-            pruned = torch.where(keep[:, start + i], column, torch.zeros_like(column))
-            error = (column - pruned) / diag[i]
-            block[:, i:] -= error.unsqueeze(1) * f_block[i, i:].unsqueeze(0)
-            block[:, i] = pruned
+                dropped[:, group] = (~keep[:, start + i:start + i + n_m[1]]).to(block.dtype)
+            error = block[:, i] * dropped[:, i] / diag[i]  # dropped: 1.0 where the mask prunes
+            block[:, i:].addr_(error, f_block[i, i:], alpha=-1)  # leaves column i at its kept value
             errors[:, i] = error
         w[:, start:end] = block
         w[:, end:] -= errors @ factor[start:end, end:]
