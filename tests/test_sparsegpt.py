@@ -108,13 +108,15 @@ def test_sequential_pass_feeds_each_layer_the_changed_outputs(tiny_llama_dir):
     assert not torch.allclose(seen[first_of_layer_1], dense[first_of_layer_1], rtol=1e-3)
 
 
-def test_hessian_accumulator_matches_the_definition():
+def test_accumulators_match_their_definitions():
     x = torch.randn(3, 5, 7)
-    acc = Hessian(7, "cpu")
-    acc.add(x[:2])
-    acc.add(x[2:])
+    acc, sums = Hessian(7, "cpu"), SquareSums(7)
+    for part in (x[:2], x[2:]):
+        acc.add(Hessian.contribution(part), 5)
+        sums.add(SquareSums.contribution(part), part.shape[0] * part.shape[1])
     flat = x.reshape(-1, 7)
     assert torch.allclose(acc.sum, flat.T @ flat, atol=1e-5)
+    assert torch.allclose(sums.sum, (flat.double() ** 2).sum(0)) and sums.tokens == 15
 
 
 def tiny_blocks(model, seed):

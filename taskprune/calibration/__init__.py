@@ -149,10 +149,14 @@ class SquareSums:
         self.sum = torch.zeros(in_features, dtype=torch.float64)
         self.tokens = 0
 
-    def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).to(torch.float64)
-        self.sum += (x * x).sum(dim=0).cpu()
-        self.tokens += x.shape[0]
+    @staticmethod
+    def contribution(x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, x.shape[-1]).float()
+        return x.pow(2).sum(dim=0).to(device="cpu", dtype=torch.float64)  # float32 within a batch
+
+    def add(self, contribution: torch.Tensor, tokens: int) -> None:
+        self.sum += contribution
+        self.tokens += tokens
 
 
 class Hessian:
@@ -161,18 +165,33 @@ class Hessian:
     def __init__(self, in_features: int, device: str):
         self.sum = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
 
-    def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).to(torch.float32)
-        self.sum.addmm_(x.T, x)
+    @staticmethod
+    def contribution(x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, x.shape[-1]).float()
+        return x.T @ x
+
+    def add(self, contribution: torch.Tensor, tokens: int) -> None:
+        self.sum += contribution
 
 
 def accumulate_inputs(step: LayerPass, adapter: ModelAdapter, side: str, make: Callable[[int], object]) -> dict:
-    """Run ``step``'s layer on one side with an accumulator (``make(in_features)``) on every linear's input."""
+    """Run ``step``'s layer on one side with an accumulator (``make(in_features)``) on every linear's input.
+
+    Linears that read the same input tensor (q/k/v, gate/up) share one computation of its contribution.
+    """
     linears = adapter.linears(step.layer)
     accs = {name: make(adapter.in_features(module)) for name, module in linears.items()}
+    last: dict = {"input": None, "contribution": None}
+
+    def hook(acc, inp):
+        x = inp[0]
+        if last["input"] is not x:
+            last["input"], last["contribution"] = x, acc.contribution(x)
+        acc.add(last["contribution"], x.numel() // x.shape[-1])
+
     with hooks_removed_on_exit() as handles:
         for name, module in linears.items():
-            handles.append(module.register_forward_hook(lambda _m, inp, _out, a=accs[name]: a.add(inp[0])))
+            handles.append(module.register_forward_hook(lambda _m, inp, _out, a=accs[name]: hook(a, inp)))
         step.run(side)
     return accs
 
