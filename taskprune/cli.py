@@ -11,24 +11,19 @@ import typer
 from taskprune import env
 from taskprune.errors import TaskPruneError
 from taskprune.paths import Project
+from taskprune.stages import STAGES
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="TaskPrune: make a language model smaller for one task.")
 
 
-class StageName(str, Enum):
-    fetch_model = "fetch_model"
-    prepare_data = "prepare_data"
-    calibrate = "calibrate"
-    score = "score"
-    prune = "prune"
-    evaluate = "evaluate"
-    register = "register"
+StageName = Enum("StageName", {name: name for name in STAGES}, type=str)  # one list: taskprune.stages
 
 
 class Which(str, Enum):
     dense = "dense"
     pruned = "pruned"
+    recovered = "recovered"
 
 
 def project_and_params(overrides: list[str] | None = None):

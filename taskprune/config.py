@@ -150,6 +150,22 @@ class EvaluateConfig(_Strict):
     decode_tokens: int = Field(32, gt=0, description="New tokens per generate() call when timing tokens/s")
 
 
+class RecoverConfig(_Strict):
+    """LoRA recovery after pruning (stage recover); see taskprune/recovery.py."""
+
+    enabled: bool = False
+    rank: int = Field(8, gt=0, description="LoRA rank r")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / rank)")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    steps: int = Field(150, gt=0, description="Optimizer steps")
+    learning_rate: float = Field(3e-4, gt=0, le=1)
+    batch_size: int = Field(8, gt=0)
+    max_len: int = Field(128, ge=8, le=8192, description="Tokens per training example (query + answer)")
+    merge: bool = Field(True, description="Merge the adapter and re-apply the mask; false keeps it apart")
+    checkpoint_every: int = Field(25, gt=0, description="Steps between resumable checkpoints")
+    seed: int = 0
+
+
 class TrackingConfig(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; else $MLFLOW_TRACKING_URI; else SQLite in .taskprune/")
     experiment: str = "taskprune"
@@ -161,6 +177,7 @@ class Params(_Strict):
     task: TaskConfig = TaskConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     prune: PruneConfig = PruneConfig()
+    recover: RecoverConfig = RecoverConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
 

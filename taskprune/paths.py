@@ -35,6 +35,7 @@ class Project:
     artifacts = property(lambda self: self.root / "artifacts")
     dense_model = property(lambda self: self.artifacts / "model" / "dense")
     pruned_model = property(lambda self: self.artifacts / "model" / "pruned")
+    recovered_model = property(lambda self: self.artifacts / "model" / "recovered")
     data = property(lambda self: self.artifacts / "data")
     stats = property(lambda self: self.artifacts / "stats")
     masks = property(lambda self: self.artifacts / "masks")

@@ -19,20 +19,29 @@ ROWS = [
 
 def results_table(metrics: dict) -> Table:
     dense, pruned = metrics["dense"], metrics["pruned"]
+    sides = [("dense", dense), ("pruned", pruned)]
+    if "recovered" in metrics:
+        sides.append(("pruned + LoRA", metrics["recovered"]))
     table = Table(title=f"TaskPrune: task {metrics['task']}, method {metrics['method']}, "
                         f"sparsity {pruned.get('sparsity', 0):.3f} (chance accuracy {dense['chance_accuracy']:.3f})")
     table.add_column("metric")
-    table.add_column("dense", justify="right")
-    table.add_column("pruned", justify="right")
+    for name, _ in sides:
+        table.add_column(name, justify="right")
+
     def cell(side: dict, key: str, fmt: str) -> str:
         value = side.get(key)
         return "n/a" if value is None else fmt.format(value)
 
     for label, key, fmt in ROWS:
-        table.add_row(label, cell(dense, key, fmt), cell(pruned, key, fmt))
+        table.add_row(label, *(cell(side, key, fmt) for _, side in sides))
     seconds = metrics.get("stage_seconds", {})
     table.caption = ("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
                      + f"; total {metrics.get('run_seconds', 0):.0f} s")
+    if "recovery" in metrics:
+        rec = metrics["recovery"]
+        table.caption += (f"\nLoRA recovery: {rec['steps']} steps, loss {rec['first_loss']:.3f} -> "
+                          f"{rec['final_loss']:.3f}, {rec['minutes']:.1f} min, "
+                          f"{'merged, mask re-applied' if rec['merge'] else 'adapter kept apart'}")
     return table
 
 

@@ -15,8 +15,9 @@ from taskprune.paths import Project
 from taskprune.stages import preflight
 from taskprune.stages.prepare_data import recorded_fingerprint, source_fingerprint
 
-# dvc.yaml stage names, in order; evaluate runs twice (dense, then pruned) as two DVC stages.
-PIPELINE = ("fetch_model", "prepare_data", "calibrate", "score", "prune", "evaluate_dense", "evaluate", "register")
+# dvc.yaml stage names, in order; evaluate runs as three DVC stages (dense, pruned, recovered).
+PIPELINE = ("fetch_model", "prepare_data", "calibrate", "score", "prune", "evaluate_dense", "evaluate", "recover",
+            "evaluate_recovered", "register")
 SKIPPED_MARK = "didn't change, skipping"
 
 

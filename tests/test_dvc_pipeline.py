@@ -37,12 +37,14 @@ def test_repro_skip_and_experiments(tiny_project):
     assert metrics["pruned"]["sparsity"] == pytest.approx(0.5)
     assert metrics["pruned"]["nonzero_params"] < metrics["dense"]["nonzero_params"]
     assert metrics["run_seconds"] > 0 and set(metrics["stage_seconds"]) >= {"calibrate", "score", "prune"}
+    assert "recovered" not in metrics and "recover" not in metrics["stage_seconds"]  # recovery off by default
     registered = json.loads((project / "artifacts" / "register.json").read_text())
     assert registered["version"] == "1"
 
     again = dvc(project, "repro")
     assert again.returncode == 0, again.stderr
-    for stage in ("fetch_model", "calibrate", "score", "prune", "evaluate_dense", "evaluate", "register"):
+    for stage in ("fetch_model", "calibrate", "score", "prune", "evaluate_dense", "evaluate", "recover",
+                  "evaluate_recovered", "register"):
         assert f"Stage '{stage}' didn't change, skipping" in again.stdout, (stage, again.stdout)
     assert json.loads((project / "artifacts" / "register.json").read_text())["version"] == "1"
 
@@ -84,3 +86,14 @@ def test_repro_skip_and_experiments(tiny_project):
         kept = weight != 0
         assert not torch.equal(weight[kept], adapter.weight(dense_linears[key])[kept]), key  # OBS-updated
     assert json.loads((project / "metrics.json").read_text())["pruned"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+    recovered = dvc(project, "exp", "run", "-S", "recover.enabled=true", "-S", "recover.steps=4",
+                    "-S", "recover.checkpoint_every=2")
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    for stage in ("calibrate", "score", "prune", "evaluate"):  # recovery re-runs only what follows it
+        assert f"Stage '{stage}' didn't change, skipping" in recovered.stdout, stage
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert set(metrics["recovered"]) >= set(metrics["pruned"]) and metrics["recovery"]["steps"] == 4
+    assert metrics["recovered"]["sparsity"] == pytest.approx(metrics["pruned"]["sparsity"], abs=1e-6)
+    registered = json.loads((project / "artifacts" / "register.json").read_text())
+    assert int(registered["recovered_version"]) == int(registered["version"]) + 1

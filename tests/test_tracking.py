@@ -36,3 +36,26 @@ def test_register_creates_run_version_alias_and_tags(tmp_path, tiny_llama_dir):
     assert [c.data.metrics["seconds"] for c in children] == [1.5]
     loaded = mlflow.transformers.load_model(f"models:/taskprune-capital@{CHALLENGER}", return_type="components")
     assert "model" in loaded
+
+
+def test_recovered_model_is_registered_with_its_parent_and_loss_curve(tmp_path, tiny_llama_dir):
+    from mlflow import MlflowClient
+
+    params = Params.model_validate({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    side = {"task_accuracy": 0.5, "perplexity": 10.0, "params": 100, "nonzero_params": 50,
+            "decoder_linear_params": 80, "bytes_on_disk": 400, "tokens_per_s": 12.0}
+    metrics = {"task": "capital", "method": "wanda", "dense": dict(side), "pruned": dict(side, sparsity=0.5),
+               "recovered": dict(side, task_accuracy=0.6, sparsity=0.5),
+               "recovery": {"merge": True, "steps": 3}, "run_seconds": 3.0}
+    history = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.2}]
+    result = register_result(params=params, state_dir=tmp_path, task_label="capital", metrics=metrics,
+                             per_layer={"0.mlp.up_proj": 0.5}, stage_records={}, model_dir=tiny_llama_dir,
+                             artifacts=[], lineage_tags={}, recovered_dir=tiny_llama_dir, history=history)
+    client = MlflowClient(tracking_uri=params.tracking.uri)
+    assert (result["version"], result["recovered_version"]) == ("1", "2")
+    recovered = client.get_model_version("taskprune-capital", "2")
+    assert recovered.tags["parent_version"] == "1" and recovered.tags["recovered.task_accuracy"] == "0.6"
+    assert str(client.get_registered_model("taskprune-capital").aliases[CHALLENGER]) == "2"
+    curve = client.get_metric_history(result["run_id"], "recover.loss")
+    assert [(m.step, m.value) for m in curve] == [(1, 2.0), (2, 1.5), (3, 1.2)]
+    assert "plots/recovery_loss.png" in {a.path for a in client.list_artifacts(result["run_id"], "plots")}

@@ -1,18 +1,24 @@
-"""evaluate: task accuracy and perplexity (lm-eval), size and decode speed, for the dense or pruned model.
+"""evaluate: task accuracy and perplexity (lm-eval), size and decode speed, of the dense, pruned or recovered model.
 
-Evaluating ``pruned`` also writes ``metrics.json``, the DVC metrics file that
-``dvc exp show`` reads, combining both models and the stage timings.
+Evaluating ``recovered`` (the last evaluation; with recovery disabled it only
+records that) also writes ``metrics.json``, the DVC metrics file that
+``dvc exp show`` reads, combining the models and the stage timings.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from taskprune.config import Params
 from taskprune.evaluation import evaluate_loaded, size_metrics
 from taskprune.models.loading import load_local, pick_device
 from taskprune.paths import Project, StageTimer, read_json, write_json
 from taskprune.stages.prepare_data import read_texts
+from taskprune.recovery import ADAPTER_DIR
 
-TIMED_STAGES = ("fetch_model", "prepare_data", "calibrate", "score", "prune", "evaluate_dense", "evaluate")
+TIMED_STAGES = ("fetch_model", "prepare_data", "calibrate", "score", "prune", "recover", "evaluate_dense", "evaluate",
+                "evaluate_recovered")
+TIMER = {"dense": "evaluate_dense", "pruned": "evaluate", "recovered": "evaluate_recovered"}
 
 
 def stage_records(project: Project) -> dict[str, dict]:
@@ -21,28 +27,50 @@ def stage_records(project: Project) -> dict[str, dict]:
             for stage in TIMED_STAGES if (project.timings / f"{stage}.json").exists()}
 
 
+def model_dir(project: Project, which: str) -> Path:
+    return {"dense": project.dense_model, "pruned": project.pruned_model, "recovered": project.recovered_model}[which]
+
+
+def recovery_enabled(project: Project) -> bool:
+    return read_json(project.recovered_model / "stage.json")["enabled"]
+
+
 def evaluate_model(params: Params, project: Project, which: str) -> dict:
     device = pick_device(params.model.device)
-    model_dir = project.dense_model if which == "dense" else project.pruned_model
-    model, tokenizer, adapter = load_local(model_dir, device)
+    directory = model_dir(project, which)
+    model, tokenizer, adapter = load_local(directory, device)
+    sizes = size_metrics(model, adapter, directory)
+    if (directory / ADAPTER_DIR).is_dir():  # recovered with merge: false: the pruned weights + a LoRA adapter
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(directory / ADAPTER_DIR))
+        lora = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+        sizes.update(params=sizes["params"] + lora, nonzero_params=sizes["nonzero_params"] + lora,
+                     adapter_params=lora,
+                     bytes_on_disk=sizes["bytes_on_disk"] + sum(
+                         f.stat().st_size for f in (directory / ADAPTER_DIR).glob("*.safetensors")))
     print(f"evaluating {which} model on the test split and held-out general text ...", flush=True)
     held_out = read_texts(project.data / "general_eval.jsonl")
     result = evaluate_loaded(model, tokenizer, project.data / "task_test.jsonl", held_out, params.evaluate, device)
-    result.update(size_metrics(model, adapter, model_dir))
+    result.update(sizes)
     return result
 
 
 def run(params: Params, project: Project, which: str = "pruned") -> None:
-    timer = StageTimer(project, "evaluate_dense" if which == "dense" else "evaluate")
-    result = evaluate_model(params, project, which)
+    timer = StageTimer(project, TIMER[which])
     data_info = read_json(project.data / "stage.json")
-    if which == "dense":
-        result["chance_accuracy"] = data_info["chance_accuracy"]
-    write_json(project.eval_dir / f"{which}.json", result)
-    timer.done(device=pick_device(params.model.device))
-    print(f"{which}: task accuracy {result['task_accuracy']:.4f}, perplexity {result['perplexity']:.2f}, "
-          f"{result['tokens_per_s']:.1f} tokens/s")
-    if which == "pruned":
+    if which == "recovered" and not recovery_enabled(project):
+        write_json(project.eval_dir / "recovered.json", {"enabled": False})
+        timer.done(enabled=False)
+    else:
+        result = evaluate_model(params, project, which)
+        if which == "dense":
+            result["chance_accuracy"] = data_info["chance_accuracy"]
+        write_json(project.eval_dir / f"{which}.json", result)
+        timer.done(device=pick_device(params.model.device))
+        print(f"{which}: task accuracy {result['task_accuracy']:.4f}, perplexity {result['perplexity']:.2f}, "
+              f"{result['tokens_per_s']:.1f} tokens/s")
+    if which == "recovered":
         write_json(project.metrics, build_metrics(params, project, data_info))
 
 
@@ -56,12 +84,23 @@ def build_metrics(params: Params, project: Project, data_info: dict) -> dict:
     masks = read_json(project.masks / "masks.json")
     pruned_public = _public(pruned)
     pruned_public["sparsity"] = masks["sparsity"]
-    seconds = {stage: rec["seconds"] for stage, rec in stage_records(project).items()}
-    return {
+    records = stage_records(project)
+    if not recovery_enabled(project):  # a disabled recovery's quick records are not part of this result
+        records = {k: v for k, v in records.items() if k not in ("recover", "evaluate_recovered")}
+    seconds = {stage: rec["seconds"] for stage, rec in records.items()}
+    metrics = {
         "task": data_info["task"],
-        "method": params.prune.method,
+        "method": params.prune.label,
         "dense": _public(dense),
         "pruned": pruned_public,
         "stage_seconds": seconds,
         "run_seconds": round(sum(seconds.values()), 2),
     }
+    if recovery_enabled(project):
+        recovered = _public(read_json(project.eval_dir / "recovered.json"))
+        info = read_json(project.recovered_model / "stage.json")
+        recovered["sparsity"] = info["sparsity"]
+        metrics["recovered"] = recovered
+        metrics["recovery"] = {k: info[k] for k in ("merge", "steps", "first_loss", "final_loss", "lora_parameters")}
+        metrics["recovery"]["minutes"] = round(records.get("recover", {}).get("seconds", 0) / 60, 2)
+    return metrics

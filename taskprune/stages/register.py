@@ -48,8 +48,14 @@ def run(params: Params, project: Project) -> None:
         params=params, state_dir=project.state, task_label=metrics["task"], metrics=metrics,
         per_layer=masks["per_layer"], stage_records=stage_records(project), model_dir=project.pruned_model,
         artifacts=[project.metrics, project.masks / "masks.json", project.dvc_lock, project.params_file],
-        lineage_tags=tags, exclusive=masks.get("exclusive"))
+        lineage_tags=tags, exclusive=masks.get("exclusive"),
+        recovered_dir=project.recovered_model if "recovered" in metrics else None,
+        history=read_json(project.recovered_model / "train_log.json") if "recovered" in metrics else None)
     write_json(project.registration, result)
     timer.done(version=result["version"])
-    print(f"registered {result['registered_model']} version {result['version']} (alias challenger), "
-          f"run {result['run_id']} at {result['tracking_uri']}")
+    print(f"registered {result['registered_model']} version {result['version']}, run {result['run_id']} "
+          f"at {result['tracking_uri']}")
+    if "recovered_version" in result:
+        print(f"registered the LoRA-recovered model as version {result['recovered_version']} "
+              f"(parent version {result['version']})")
+    print(f"alias challenger -> version {result.get('recovered_version', result['version'])}")

@@ -12,6 +12,7 @@ from typing import Any
 
 from taskprune.config import Params
 from taskprune.models.loading import load_local
+from taskprune.recovery import ADAPTER_DIR
 
 CHALLENGER = "challenger"
 
@@ -93,7 +94,8 @@ def exclusive_figure(exclusive: dict[str, dict[str, float]], title: str):
 
 def register_result(*, params: Params, state_dir: Path, task_label: str, metrics: dict, per_layer: dict[str, float],
                     stage_records: dict[str, dict], model_dir: Path, artifacts: list[Path],
-                    lineage_tags: dict[str, str], exclusive: dict[str, dict[str, float]] | None = None) -> dict:
+                    lineage_tags: dict[str, str], exclusive: dict[str, dict[str, float]] | None = None,
+                    recovered_dir: Path | None = None, history: list[dict] | None = None) -> dict:
     """Log the run (params, metrics, plot, files, child run per stage) and register the model as a new
     version with alias ``challenger``. Returns ids for ``register.json``."""
     import mlflow
@@ -107,7 +109,9 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
     tags = {**lineage_tags, "task": task_label, "method": params.prune.label}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params({k: str(v) for k, v in flatten(params.model_dump()).items()})
-        for side in ("dense", "pruned"):
+        for side in ("dense", "pruned", "recovered"):
+            if side not in metrics:
+                continue
             mlflow.log_metrics({f"{side}.{k}": float(v) for k, v in metrics[side].items()
                                 if isinstance(v, (int, float))})
         mlflow.log_metric("run_seconds", float(metrics["run_seconds"]))
@@ -123,24 +127,67 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
             with mlflow.start_run(run_name=stage, nested=True, experiment_id=experiment_id):
                 mlflow.log_metric("seconds", float(record.get("seconds", 0.0)))
                 mlflow.log_params({k: str(v) for k, v in record.items() if k not in ("seconds", "stage")})
-        # Components, not the checkpoint path: MLflow 3.17's path route breaks on transformers 5.
-        model, tokenizer, _adapter = load_local(model_dir)
-        info = mlflow.transformers.log_model(
-            transformers_model={"model": model, "tokenizer": tokenizer},
-            name="model",
-            task="text-generation",
-            pip_requirements=["transformers", "torch", "safetensors"],
-        )
         client = MlflowClient()
         if not _registered(client, name):
             client.create_registered_model(name, tags={"task": task_label},
                                            description=f"Pruned models for task {task_label} (TaskPrune)")
-        version = client.create_model_version(name=name, source=info.model_uri, run_id=run.info.run_id, tags=tags)
-        for key in ("task_accuracy", "perplexity", "bytes_on_disk", "nonzero_params"):
-            client.set_model_version_tag(name, version.version, f"pruned.{key}", str(metrics["pruned"][key]))
-        client.set_registered_model_alias(name, CHALLENGER, version.version)
+        version, model_uri = _new_version(client, name, run.info.run_id, model_dir, "model", tags, metrics["pruned"],
+                                          "pruned")
+        result = {"version": version, "model_uri": model_uri}
+        if recovered_dir is not None and "recovered" in metrics:
+            if history:
+                _log_loss_curve(client, run.info.run_id, history, run_name)
+            recovered_tags = {**tags, "recovered": "true", "parent_version": version,
+                              "recover.merge": str(metrics["recovery"]["merge"])}
+            result["recovered_version"], result["recovered_model_uri"] = _new_version(
+                client, name, run.info.run_id, recovered_dir, "model_recovered", recovered_tags,
+                metrics["recovered"], "recovered")
+        newest = result.get("recovered_version", version)
+        client.set_registered_model_alias(name, CHALLENGER, newest)
     return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri,
-            "registered_model": name, "version": str(version.version), "model_uri": info.model_uri}
+            "registered_model": name, **result}
+
+
+def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str, tags: dict, block: dict,
+                 side: str) -> tuple[str, str]:
+    """Log the model of ``model_dir`` to the active run and register it; returns (version, model uri)."""
+    import mlflow
+
+    if (model_dir / ADAPTER_DIR).is_dir():  # pruned weights + a separate LoRA adapter: logged as files
+        mlflow.log_artifacts(str(model_dir), artifact)
+        model_uri = f"runs:/{run_id}/{artifact}"
+    else:  # components, not the checkpoint path: MLflow 3.17's path route breaks on transformers 5
+        model, tokenizer, _adapter = load_local(model_dir)
+        model_uri = mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer}, name=artifact, task="text-generation",
+            pip_requirements=["transformers", "torch", "safetensors"]).model_uri
+    version = client.create_model_version(name=name, source=model_uri, run_id=run_id, tags=tags)
+    for key in ("task_accuracy", "perplexity", "bytes_on_disk", "nonzero_params"):
+        client.set_model_version_tag(name, version.version, f"{side}.{key}", str(block[key]))
+    return str(version.version), model_uri
+
+
+def _log_loss_curve(client, run_id: str, history: list[dict], title: str) -> None:
+    import time
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric("recover.loss", float(h["loss"]), now, int(h["step"])) for h in history]
+    for start in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[start:start + 500])
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (answer tokens)")
+    ax.set_title(f"{title}: LoRA recovery", fontsize=9)
+    fig.tight_layout()
+    mlflow.log_figure(fig, "plots/recovery_loss.png")
 
 
 def _registered(client, name: str) -> bool:

@@ -20,6 +20,7 @@ class ModelAdapter:
     model_types: ClassVar[tuple[str, ...]] = ()
     layers_path: ClassVar[str] = ""
     linear_names: ClassVar[tuple[str, ...]] = ()
+    weight_is_in_out: ClassVar[bool] = False  # PEFT's fan_in_fan_out (GPT-2's Conv1D)
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return operator.attrgetter(self.layers_path)(model)
@@ -39,3 +40,7 @@ class ModelAdapter:
 
     def in_features(self, module: nn.Module) -> int:
         return self.weight(module).shape[1]
+
+    def lora_targets(self) -> list[str]:
+        """PEFT ``target_modules``: the prunable linears' names within a layer (PEFT matches them as suffixes)."""
+        return list(self.linear_names)

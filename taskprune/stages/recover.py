@@ -1,0 +1,63 @@
+"""recover: LoRA fine-tune of the pruned model on the task's calibration split (params: recover).
+
+Disabled (the default): writes only a stage.json saying so. Enabled: trains, then saves
+either the merged model with the pruning mask re-applied, or the untouched pruned
+weights plus the adapter in ``adapter/`` (``merge: false``). Checkpoints live in
+``.taskprune/checkpoints/recover-<fingerprint of the inputs>`` until the stage ends.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from taskprune import masks as masklib
+from taskprune.config import Params
+from taskprune.data.schema import read_jsonl
+from taskprune.models.loading import load_local, pick_device, save_model
+from taskprune.paths import Project, StageTimer, atomic_dir, write_json
+from taskprune.pruning import apply_masks
+from taskprune.recovery import ADAPTER_DIR, check_disjoint, lora_model, merge_keeping_masks, run_fingerprint, train_lora
+
+
+
+def run(params: Params, project: Project) -> None:
+    timer = StageTimer(project, "recover")
+    cfg = params.recover
+    if not cfg.enabled:
+        with atomic_dir(project.recovered_model) as out:
+            write_json(out / "stage.json", {"enabled": False})
+        timer.done(enabled=False)
+        print("recover: disabled (recover.enabled: false)")
+        return
+    device = pick_device(params.model.device)
+    train = read_jsonl(project.data / "task_calib.jsonl")
+    train_ids = check_disjoint(train, {ex.id for ex in read_jsonl(project.data / "task_test.jsonl")})
+    masks_file = project.masks / "masks.safetensors"
+    masks = masklib.load_masks(masks_file)
+    checkpoints = project.state / "checkpoints" / "recover-{}".format(run_fingerprint(
+        cfg.model_dump_json().encode(), masks_file.read_bytes(), (project.data / "task_calib.jsonl").read_bytes(),
+        (project.pruned_model / "stage.json").read_bytes()))
+    model, tokenizer, adapter = load_local(project.pruned_model, device)
+    peft_model = lora_model(model, adapter, cfg)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    print(f"recover: LoRA r={cfg.rank} on {len(adapter.lora_targets())} linears per layer, {trainable:,} trainable "
+          f"parameters, {cfg.steps} steps on {len(train)} calibration rows ({device})")
+    result = train_lora(peft_model, tokenizer, train, cfg, checkpoints, device)
+    with atomic_dir(project.recovered_model) as out:
+        if cfg.merge:
+            recovered = merge_keeping_masks(peft_model, adapter, masks)
+        else:
+            peft_model.save_pretrained(str(out / ADAPTER_DIR))  # safetensors
+            recovered = peft_model.unload()  # the pruned weights, untouched
+        achieved = apply_masks(recovered, adapter, masks)  # no-op on the weights; measures the zeros
+        save_model(recovered, tokenizer, out)
+        write_json(out / "train_log.json", result.history)
+        write_json(out / "stage.json", {
+            "enabled": True, "merge": cfg.merge, "steps": cfg.steps, "resumed_from": result.resumed_from,
+            "train_rows": len(train_ids), "first_loss": result.history[0]["loss"] if result.history else None,
+            "final_loss": result.history[-1]["loss"], "lora_parameters": trainable,
+            "sparsity": round(sum(achieved.values()) / len(achieved), 6),
+            "train_ids": train_ids})
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    timer.done(steps=cfg.steps, merge=cfg.merge, resumed_from=result.resumed_from, device=device)
+    print(f"recover: loss {result.history[0]['loss']:.3f} -> {result.history[-1]['loss']:.3f}")
