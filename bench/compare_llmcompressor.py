@@ -16,6 +16,8 @@ over the general calibration tokens. Writes a markdown table that the README inc
 
     .venv/bin/python bench/compare_llmcompressor.py                     # seeds 0 and 1, both patterns
     .venv/bin/python bench/compare_llmcompressor.py --seeds 0 --patterns 50%   # quicker
+    .venv/bin/python bench/compare_llmcompressor.py --timing-only --seeds 0 --patterns 50% 2:4 \
+        --out bench/results/llmcompressor_timing.md   # times only, on a quiet machine
 
 Needs the dense model: run `taskprune stage fetch_model` (or `taskprune run`) first.
 """
@@ -124,6 +126,12 @@ class Bench:
                 self.adapter.weight(module).copy_(self.originals[key])
 
     def record(self, model, seed, pattern, method, seconds, tasks, held_out, **extra) -> None:
+        if self.args.timing_only:  # one row per method, no evaluation
+            task = "-" if len(tasks) > 1 else next(iter(tasks))
+            self.rows.append(dict(seed=seed, pattern=pattern, task=task, method=method, seconds=seconds, **extra))
+            print(json.dumps({"seed": seed, "pattern": pattern, "task": task, "method": method,
+                              "seconds": seconds}), flush=True)
+            return
         for task in tasks:
             info = self.tasks[task]
             result = evaluate(model, self.tokenizer, info["test"], held_out, self.params)
@@ -148,7 +156,8 @@ class Bench:
         decoder = forward_seconds(self.model.get_decoder(), blocks, cal.batch_size)
         timing = {"forward_s": round(forward, 1), "decoder_forward_s": round(decoder, 1),
                   "general_blocks": blocks.shape[0]}
-        self.record(self.model, seed, "-", "dense", None, self.tasks, held_out)
+        if not self.args.timing_only:
+            self.record(self.model, seed, "-", "dense", None, self.tasks, held_out)
         for label in patterns:
             base = PATTERNS[label]
             cfg = lambda **kw: PruneConfig.model_validate({**base, **kw})  # noqa: E731
@@ -226,6 +235,22 @@ def table(bench: Bench, timings: dict) -> list[str]:
     return lines
 
 
+def timing_table(bench: Bench, timings: dict) -> list[str]:
+    reference = {(r["seed"], r["pattern"], r["kind"]): r["seconds"] for r in bench.rows if r.get("reference")}
+    lines = ["| seed | sparsity | calibration side(s) | method | calibrate+prune s | x llm-compressor (same class) "
+             "| x one forward | x one forward without lm_head |", "|---|---|---|---|---|---|---|---|"]
+    for r in bench.rows:
+        if r["seconds"] is None:
+            continue
+        ref = reference.get((r["seed"], r["pattern"], r.get("kind")))
+        forward = timings[r["seed"]]
+        vs_ref = "-" if ref is None or r.get("reference") else f"{r['seconds'] / ref:.2f}"
+        side = "general" if r["task"] == "-" else f"general + {r['task']}"
+        lines.append(f"| {r['seed']} | {r['pattern']} | {side} | {r['method']} | {r['seconds']:.1f} | {vs_ref} | "
+                     f"{r['seconds'] / forward['forward_s']:.2f} | {r['seconds'] / forward['decoder_forward_s']:.2f} |")
+    return lines
+
+
 def targets(bench: Bench) -> list[str]:
     """The issue's targets, checked on the measured rows (50 %, each seed and task)."""
     by = {(r["seed"], r["pattern"], r["task"], r["method"]): r for r in bench.rows}
@@ -259,6 +284,8 @@ def main() -> None:
                         help="patterns run for every seed after the first")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-llmcompressor", action="store_true", help="TaskPrune rows only")
+    parser.add_argument("--timing-only", action="store_true",
+                        help="time calibration + pruning only, no evaluation (run it on a quiet machine)")
     parser.add_argument("--num-samples", type=int, help="calibration blocks per side (default: params.yaml's)")
     parser.add_argument("--limit", type=int, help="test examples per task (quick runs; default: all)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/llmcompressor.md"))
@@ -278,7 +305,9 @@ def main() -> None:
     task_blocks = ", ".join(f"{task}: {len(info['blocks'])}" for task, info in bench.tasks.items())
     forwards = ", ".join(f"seed {seed}: {t['forward_s']} s ({t['decoder_forward_s']} s without the lm_head "
                          f"projection to the vocabulary)" for seed, t in timings.items())
-    lines = table(bench, timings) + ["", "Targets (50 %):", *targets(bench), "",
+    results = (timing_table(bench, timings) if args.timing_only
+               else table(bench, timings) + ["", "Targets (50 %):", *targets(bench)])
+    lines = results + ["",
         f"SmolLM2-135M-Instruct, CPU, {args.threads} torch threads, batch {cal.batch_size}. General calibration: "
         f"{cal.num_samples} x {cal.seq_len} tokens of fortunes per seed (shuffle seed = general sample); task-aware "
         f"rows add the task's calibration blocks ({task_blocks} x {cal.seq_len} tokens). Perplexity on "
