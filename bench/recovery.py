@@ -45,10 +45,15 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=sorted(builtin.BUILTIN))
     parser.add_argument("--patterns", nargs="+", default=list(PATTERNS), choices=list(PATTERNS))
     parser.add_argument("--out", type=Path, default=Path("bench/results/recovery.md"))
+    parser.add_argument("--steps", type=int, help="LoRA steps (default: params.yaml's recover.steps)")
+    parser.add_argument("--limit", type=int, help="test examples per task (quick runs; default: all)")
     args = parser.parse_args()
 
     project = Project.find()
     params = Params()
+    params.evaluate.limit = args.limit
+    if args.steps:
+        params.recover.steps = args.steps
     cal, rec = params.calibration, params.recover
     passages = general.load_passages(cal.general, project.root, project.downloads)
     pool, held_out = general.split_general(passages, cal.seed, params.evaluate.perplexity_docs)

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow
 
 from taskprune.paths import Project, read_json
-from tasks.stages import PIPELINE, run_stage, task_source_changed, validate_inputs
+from tasks.stages import PIPELINE, promote_challenger, run_stage, task_source_changed, validate_inputs
 
 
 @flow(name="taskprune-pipeline")
@@ -21,4 +21,5 @@ def pipeline(project_root: str, overrides: list[str] | None = None) -> dict:
         # Registration talks to a tracking server: retry it; the compute stages fail fast.
         runner = run_stage.with_options(retries=2, retry_delay_seconds=10) if stage == "register" else run_stage
         outcome[stage] = runner(stage, project_root, force=reread_task and stage == "prepare_data")
-    return {"stages": outcome, "metrics": read_json(project.metrics)}
+    promotion = promote_challenger(project_root)  # only with promote.auto: true
+    return {"stages": outcome, "metrics": read_json(project.metrics), "promotion": promotion}

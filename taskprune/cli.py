@@ -58,6 +58,49 @@ def show() -> None:
     print_results(read_json(project.metrics))
 
 
+def registry_client_and_name(name: str | None):
+    from taskprune.promotion import project_registry
+
+    project, params = project_and_params()
+    return (project, params, *project_registry(project, params, name))
+
+
+@app.command()
+def promote(
+    version: Annotated[Optional[str], typer.Option(help="Model version to judge (default: the challenger)")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Registered model (default: this project's)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the decision, change nothing")] = False,
+) -> None:
+    """Apply the promotion rule (params.yaml `promote`) and move the `champion` alias if it passes."""
+    from taskprune.promotion import CHAMPION
+    from taskprune.promotion import promote as apply_rule
+
+    project, params, client, name = registry_client_and_name(name)
+    version, decision = apply_rule(client, name, version, params.promote, project.state / "locks", dry_run)
+    verdict = "promote" if decision.promote else "keep"
+    print(f"{name} version {version}: {verdict} ({decision.reason})"
+          + (" [dry run]" if dry_run else (f"; alias {CHAMPION} -> {version}" if decision.promote else "")))
+
+
+@app.command()
+def models(name: Annotated[Optional[str], typer.Option(help="Registered model (default: this project's)")] = None) -> None:
+    """List registered versions with accuracy, size, method and aliases."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from taskprune.promotion import list_versions
+
+    _project, _params, client, name = registry_client_and_name(name)
+    table = Table(title=f"registered model {name}")
+    for column in ("version", "accuracy", "non-zero params", "method", "recovered from", "aliases", "promotion"):
+        table.add_column(column)
+    for row in list_versions(client, name):
+        size = "" if row["nonzero_params"] is None else f"{int(row['nonzero_params']):,}"
+        accuracy = "" if row["accuracy"] is None else f"{float(row['accuracy']):.4f}"
+        table.add_row(row["version"], accuracy, size, row["method"], row["parent"], row["aliases"], row["promotion"])
+    Console().print(table)
+
+
 def main(application: typer.Typer = app, argv: Optional[list[str]] = None) -> None:
     """Entry point: user errors print one clear message and exit 2 (no traceback)."""
     try:

@@ -166,6 +166,15 @@ class RecoverConfig(_Strict):
     seed: int = 0
 
 
+class PromoteConfig(_Strict):
+    """The rule that moves the registry alias ``champion`` (taskprune promote); see taskprune/promotion.py."""
+
+    auto: bool = Field(False, description="Apply the rule at the end of every `taskprune run`")
+    max_accuracy_drop: float = Field(0.05, ge=0, le=1, description="Allowed task-accuracy drop vs the dense model")
+    max_size_fraction: float | None = Field(None, gt=0, le=1,
+                                            description="Non-zero parameters at most this fraction of dense")
+
+
 class TrackingConfig(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; else $MLFLOW_TRACKING_URI; else SQLite in .taskprune/")
     experiment: str = "taskprune"
@@ -180,6 +189,7 @@ class Params(_Strict):
     recover: RecoverConfig = RecoverConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
+    promote: PromoteConfig = PromoteConfig()
 
 
 def _yaml12():

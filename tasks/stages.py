@@ -60,3 +60,20 @@ def run_stage(stage: str, project_root: str, force: bool = False) -> str:
     if process.wait() != 0:
         raise TaskPruneError(f"stage {stage} failed (exit {process.returncode}); its message is above")
     return "skipped" if skipped else "ran"
+
+
+@task(name="promote", retries=2, retry_delay_seconds=10)
+def promote_challenger(project_root: str) -> str | None:
+    """With `promote.auto`, apply the promotion rule to the newest challenger; returns the decision."""
+    from taskprune.promotion import project_registry, promote
+
+    project = Project(Path(project_root))
+    params = config.load(project.params_file)
+    if not params.promote.auto:
+        return None
+    client, name = project_registry(project, params)
+    version, decision = promote(client, name, None, params.promote, project.state / "locks")
+    line = f"promotion: {name} version {version}: {'promoted to champion' if decision.promote else 'kept'} " \
+           f"({decision.reason})"
+    print(line)
+    return line

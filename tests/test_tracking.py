@@ -27,6 +27,7 @@ def test_register_creates_run_version_alias_and_tags(tmp_path, tiny_llama_dir):
     version = client.get_model_version("taskprune-capital", "1")
     assert version.tags["git_commit"] == "abc" and version.tags["dvc.masks_md5"] == "m5"
     assert version.tags["method"] == "wanda" and version.tags["task"] == "capital"
+    assert version.tags["eval.task_accuracy"] == "0.5" and version.tags["dense.nonzero_params"] == "50"
     run = client.get_run(first["run_id"])
     assert run.data.metrics["pruned.task_accuracy"] == 0.5
     assert run.data.params["prune.sparsity"] == "0.5"

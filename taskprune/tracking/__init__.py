@@ -132,7 +132,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
             client.create_registered_model(name, tags={"task": task_label},
                                            description=f"Pruned models for task {task_label} (TaskPrune)")
         version, model_uri = _new_version(client, name, run.info.run_id, model_dir, "model", tags, metrics["pruned"],
-                                          "pruned")
+                                          "pruned", metrics["dense"])
         result = {"version": version, "model_uri": model_uri}
         if recovered_dir is not None and "recovered" in metrics:
             if history:
@@ -141,7 +141,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
                               "recover.merge": str(metrics["recovery"]["merge"])}
             result["recovered_version"], result["recovered_model_uri"] = _new_version(
                 client, name, run.info.run_id, recovered_dir, "model_recovered", recovered_tags,
-                metrics["recovered"], "recovered")
+                metrics["recovered"], "recovered", metrics["dense"])
         newest = result.get("recovered_version", version)
         client.set_registered_model_alias(name, CHALLENGER, newest)
     return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri,
@@ -149,7 +149,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
 
 
 def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str, tags: dict, block: dict,
-                 side: str) -> tuple[str, str]:
+                 side: str, dense: dict) -> tuple[str, str]:
     """Log the model of ``model_dir`` to the active run and register it; returns (version, model uri)."""
     import mlflow
 
@@ -161,9 +161,11 @@ def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str,
         model_uri = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer}, name=artifact, task="text-generation",
             pip_requirements=["transformers", "torch", "safetensors"]).model_uri
-    version = client.create_model_version(name=name, source=model_uri, run_id=run_id, tags=tags)
-    for key in ("task_accuracy", "perplexity", "bytes_on_disk", "nonzero_params"):
-        client.set_model_version_tag(name, version.version, f"{side}.{key}", str(block[key]))
+    keys = ("task_accuracy", "perplexity", "bytes_on_disk", "nonzero_params")
+    results = {**{f"{side}.{k}": str(block[k]) for k in keys},
+               **{f"eval.{k}": str(block[k]) for k in keys},  # side-neutral names, read by the promotion rule
+               **{f"dense.{k}": str(dense[k]) for k in keys}}
+    version = client.create_model_version(name=name, source=model_uri, run_id=run_id, tags={**tags, **results})
     return str(version.version), model_uri
 
 
