@@ -39,7 +39,7 @@ from taskprune import env
 
 env.apply()
 
-from prune_matrix import evaluate, mcnemar_p  # noqa: E402  (same directory)
+from prune_matrix import evaluate, mcnemar_p, write_report  # noqa: E402  (same directory)
 from safetensors.torch import save_file  # noqa: E402
 
 from taskprune.calibration import collect_input_square_sums  # noqa: E402
@@ -316,9 +316,7 @@ def main() -> None:
         f"includes calibrating both sides. llm-compressor 0.14.0.1 (own venv), default sequential pipeline, "
         f"lm_head excluded; decoder sparsity it reached: {json.dumps(achieved)}. "
         f"Whole benchmark: {time.perf_counter() - started:.0f} s."]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,13 @@ def mcnemar_p(a: dict[str, int], b: dict[str, int]) -> float:
     return min(1.0, 2 * tail)
 
 
+def write_report(out: Path, lines: list[str]) -> None:
+    """Write the markdown table (and its notes) and print it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
 def evaluate(model, tokenizer, test_jsonl: Path, held_out: list[str], params: Params) -> dict:
     cfg = params.evaluate
     result = run_lm_eval(model, tokenizer, test_jsonl, cfg.batch_size, cfg.limit, "cpu")
@@ -142,9 +149,7 @@ def main() -> None:
               f"{general_blocks.shape[0]} x {cal.seq_len} general tokens (fortunes), task text {blocks} "
               f"of {cal.seq_len} tokens. Perplexity: token-level on {params.evaluate.perplexity_docs} held-out "
               f"fortune documents. Timings: {json.dumps(timings)}"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

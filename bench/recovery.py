@@ -25,7 +25,7 @@ from taskprune import env
 
 env.apply()
 
-from prune_matrix import evaluate  # noqa: E402  (same directory)
+from prune_matrix import evaluate, write_report  # noqa: E402  (same directory)
 
 from taskprune.calibration import collect_input_square_sums  # noqa: E402
 from taskprune.config import Params, PruneConfig  # noqa: E402
@@ -113,9 +113,7 @@ def main() -> None:
               f"{rec.dropout}, {rec.steps} steps of batch {rec.batch_size}, learning rate {rec.learning_rate}, on the "
               f"task's calibration split (answer-token loss); merged, mask re-applied. Whole benchmark: "
               f"{time.perf_counter() - started:.0f} s."]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

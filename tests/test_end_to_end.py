@@ -30,7 +30,11 @@ def test_default_run_then_rerun_skips_everything(tmp_path):
     assert registered["version"] == "1" and registered["registered_model"] == "taskprune-capital"
     assert (project / ".taskprune" / "mlflow.db").exists()
 
-    second = taskprune(project, "run", timeout=900)
+    second = taskprune(project, "run", "-S", "promote.auto=true", timeout=900)  # promote is not a stage param
     assert second.returncode == 0, second.stderr[-4000:]
     assert "stages run: none (all up to date)" in second.stdout
     assert json.loads((project / "artifacts" / "register.json").read_text())["version"] == "1"
+    # Wanda 50 % loses far more than the allowed 0.05 accuracy: the rule keeps it out of `champion`
+    assert "promotion: taskprune-capital version 1: kept (accuracy" in second.stdout, second.stdout[-3000:]
+    listed = taskprune(project, "models")
+    assert listed.returncode == 0 and "rejected" in listed.stdout and "challenger" in listed.stdout
