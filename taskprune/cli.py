@@ -98,7 +98,7 @@ def models(name: Annotated[Optional[str], typer.Option(help="Registered model (d
         size = "" if row["nonzero_params"] is None else f"{int(row['nonzero_params']):,}"
         accuracy = "" if row["accuracy"] is None else f"{float(row['accuracy']):.4f}"
         table.add_row(row["version"], accuracy, size, row["method"], row["parent"], row["aliases"], row["promotion"])
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)  # piped: do not cut the columns
 
 
 def main(application: typer.Typer = app, argv: Optional[list[str]] = None) -> None:
