@@ -85,16 +85,27 @@ class SparseGPTConfig(_Strict):
     damp: float = Field(0.01, gt=0, le=1, description="Added to the Hessian diagonal, times its mean")
 
 
+class SieveConfig(_Strict):
+    """LLM-Sieve low-rank projections (method sieve); see taskprune/lowrank."""
+
+    general_weight: float = Field(0.0, ge=0, le=1, description="Share of the general inputs' second moment mixed "
+                                                                 "into the task one (0 = task only)")
+    damp: float = Field(0.01, gt=0, le=1, description="Added to the second moment's diagonal, times its mean")
+    levels: int = Field(10, ge=2, le=64, description="Rank levels per matrix, from dense down in equal steps")
+
+
 class PruneConfig(_Strict):
-    method: Literal["magnitude", "wanda", "sparsegpt", "task_aware"] = "wanda"
+    method: Literal["magnitude", "wanda", "sparsegpt", "task_aware", "sieve"] = "wanda"
     base: Literal["wanda", "sparsegpt"] = Field("wanda", description="task_aware: base criterion scored on each side")
     stats: Literal["general", "task"] = Field("general", description="wanda, sparsegpt: calibration side used")
     sparsity: float = Field(0.5, ge=0, lt=1)
     pattern: str = Field("unstructured", description="'unstructured' or N:M such as '2:4' (N kept of every M)")
-    allocation: Literal["uniform", "owl"] = "uniform"
+    allocation: Literal["uniform", "owl", "search"] = Field(
+        "uniform", description="uniform | owl | search (genetic search of per-matrix levels, params: search)")
     task_aware: TaskAwareConfig = TaskAwareConfig()
     owl: OWLConfig = OWLConfig()
     sparsegpt: SparseGPTConfig = SparseGPTConfig()
+    sieve: SieveConfig = SieveConfig()
 
     @field_validator("pattern")
     @classmethod
@@ -119,6 +130,14 @@ class PruneConfig(_Strict):
             )
         if nm is not None and self.allocation == "owl":
             raise ValueError("allocation 'owl' varies sparsity per layer; it needs pattern 'unstructured'")
+        if nm is not None and self.allocation == "search":
+            raise ValueError("allocation 'search' varies sparsity per matrix; it needs pattern 'unstructured'")
+        if self.allocation == "search" and self.sequential:
+            raise ValueError("allocation 'search' works with the score-only methods (magnitude, wanda, "
+                             "task_aware with base wanda) and sieve; SparseGPT updates weights layer by layer")
+        if self.method == "sieve" and (nm is not None or self.allocation == "owl"):
+            raise ValueError("method 'sieve' picks a rank per matrix: use pattern 'unstructured' and "
+                             "allocation 'uniform' or 'search'")
         if nm is not None and self.sequential and self.sparsegpt.blocksize % nm[1]:
             raise ValueError(f"pattern {self.pattern} needs prune.sparsegpt.blocksize divisible by {nm[1]} "
                              f"(got {self.sparsegpt.blocksize})")
@@ -140,6 +159,32 @@ class PruneConfig(_Strict):
             return None
         n, m = self.pattern.split(":")
         return int(n), int(m)
+
+
+class SearchConfig(_Strict):
+    """Genetic search of per-matrix levels (prune.allocation: search; sieve ranks or sparsities); taskprune/search."""
+
+    objective: Literal["budget", "pareto"] = Field(
+        "budget", description="budget: best fitness within the budget; pareto: NSGA-II front of fitness vs size")
+    target_reduction: float = Field(0.4, gt=0, lt=1, description="sieve: share of decoder-linear parameters removed")
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="pareto: pick the smallest model whose "
+                                            "calibration accuracy is within this of the dense model's")
+    fitness: Literal["loglik", "kl"] = Field("loglik", description="answer log-likelihood, or -KL to the dense model")
+    population: int = Field(16, ge=4, le=1024)
+    generations: int = Field(10, ge=1, le=10000)
+    examples: int = Field(64, gt=0, description="Calibration rows the fitness is computed on")
+    batch_size: int = Field(16, gt=0)
+    sparsity_levels: int = Field(9, ge=3, le=41, description="allocation search with sparsity methods: levels")
+    sparsity_step: float = Field(0.05, gt=0, lt=0.5, description="... spaced this far apart around prune.sparsity")
+    workers: int = Field(1, ge=1, le=256, description="Fitness evaluations in parallel (processes, or Ray actors)")
+    ray_address: str | None = Field(None, description="Ray cluster address (ray://host:10001), or 'local'")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _pick_rule(self) -> SearchConfig:
+        if self.max_accuracy_drop is not None and self.objective != "pareto":
+            raise ValueError("max_accuracy_drop picks a point on the Pareto front: set search.objective to pareto")
+        return self
 
 
 class EvaluateConfig(_Strict):
@@ -186,6 +231,7 @@ class Params(_Strict):
     task: TaskConfig = TaskConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     prune: PruneConfig = PruneConfig()
+    search: SearchConfig = SearchConfig()
     recover: RecoverConfig = RecoverConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()

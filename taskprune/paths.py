@@ -18,6 +18,11 @@ from taskprune.errors import TaskPruneError
 class Project:
     root: Path
 
+    @property
+    def mask_dir(self) -> Path:
+        """The masks the model is pruned with: the search's per-matrix allocation when it made one."""
+        return self.search if (self.search / "masks.json").is_file() else self.masks
+
     @classmethod
     def find(cls, start: Path | None = None) -> Project:
         """The nearest directory holding params.yaml ($TASKPRUNE_PROJECT wins)."""
@@ -38,7 +43,9 @@ class Project:
     recovered_model = property(lambda self: self.artifacts / "model" / "recovered")
     data = property(lambda self: self.artifacts / "data")
     stats = property(lambda self: self.artifacts / "stats")
+    moments = property(lambda self: self.artifacts / "moments")  # sieve: input second moments per linear
     masks = property(lambda self: self.artifacts / "masks")
+    search = property(lambda self: self.artifacts / "search")  # allocation from the genetic search
     updates = property(lambda self: self.artifacts / "updates")  # SparseGPT's updated weights
     eval_dir = property(lambda self: self.artifacts / "eval")
     registration = property(lambda self: self.artifacts / "register.json")

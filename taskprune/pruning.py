@@ -34,6 +34,23 @@ class MaskResult:
     layer_target: dict[int, float] = field(default_factory=dict)          # allocation per decoder layer
 
 
+def load_side_stats(path) -> SideStats:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        tokens = int(fh.metadata()["tokens"])
+    return SideStats(load_file(str(path)), tokens)
+
+
+def load_stats(stats_dir, method: str) -> dict[str, SideStats] | None:
+    """Both sides' calibration statistics from the calibrate stage's directory (None for magnitude)."""
+    from pathlib import Path
+
+    return None if method == "magnitude" else {
+        side: load_side_stats(Path(stats_dir) / f"{side}.safetensors") for side in SIDES}
+
+
 def make_scorer(cfg: PruneConfig, stats: dict[str, SideStats] | None) -> Callable[[str, torch.Tensor], tuple]:
     """``scorer(key, weight) -> (scores, task_exclusive, general_exclusive)`` for a score-only method."""
     if cfg.sequential:
@@ -76,7 +93,7 @@ def layer_targets(model, adapter, cfg: PruneConfig, stats: dict[str, SideStats] 
     """
     linears = adapter.named_linears(model)
     by_layer = _by_layer(linears)
-    if cfg.allocation == "uniform":
+    if cfg.allocation != "owl":  # uniform; "search" starts from uniform and is refined by the search stage
         return {layer: cfg.sparsity for layer in by_layer}
     if cfg.sequential:
         cfg = cfg.model_copy(update={"method": "wanda"} if cfg.method == "sparsegpt" else {"base": "wanda"})
@@ -97,16 +114,21 @@ def _record(result: MaskResult, key: str, keep: torch.Tensor, task_excl, general
                                  "general": round(general_excl.float().mean().item(), 6)}
 
 
-def compute_masks(model, adapter, cfg: PruneConfig, stats: dict[str, SideStats] | None) -> MaskResult:
-    """Keep-masks for every decoder linear, keyed like the calibration statistics (score-only methods)."""
+def compute_masks(model, adapter, cfg: PruneConfig, stats: dict[str, SideStats] | None,
+                  per_matrix: dict[str, float] | None = None) -> MaskResult:
+    """Keep-masks for every decoder linear, keyed like the calibration statistics (score-only methods).
+
+    ``per_matrix`` (the genetic search's allocation) overrides the per-layer targets."""
     score = make_scorer(cfg, stats)
     linears = adapter.named_linears(model)
-    result = MaskResult({}, {}, layer_target=layer_targets(model, adapter, cfg, stats))
+    targets = {layer: cfg.sparsity for layer in _by_layer(linears)} if per_matrix else \
+        layer_targets(model, adapter, cfg, stats)
+    result = MaskResult({}, {}, layer_target=targets)
     for layer, keys in tqdm(_by_layer(linears).items(), desc=f"score {cfg.method}", unit="layer"):
         for key in keys:
             scores, task_excl, general_excl = score(key, adapter.weight(linears[key]))
-            _record(result, key, masklib.make_mask(scores, result.layer_target[layer], cfg.n_m),
-                    task_excl, general_excl)
+            sparsity = per_matrix[key] if per_matrix else targets[layer]
+            _record(result, key, masklib.make_mask(scores, sparsity, cfg.n_m), task_excl, general_excl)
     return result
 
 

@@ -91,13 +91,27 @@ def run_fingerprint(*parts: bytes) -> str:
     return digest.hexdigest()[:16]
 
 
+def lora_targets(model, adapter) -> list[str]:
+    """PEFT ``target_modules``: the adapter's linear names; for a factorized (sieve) model, the module
+    paths of every dense linear and of both factors (down, up) of every factorized one."""
+    from taskprune.lowrank import FactorizedLinear, linear_paths
+
+    linears = adapter.named_linears(model)
+    if not any(isinstance(m, FactorizedLinear) for m in linears.values()):
+        return list(adapter.lora_targets())
+    paths = linear_paths(model, adapter)
+    return [f"{paths[key]}.{part}" if isinstance(module, FactorizedLinear) else paths[key]
+            for key, module in linears.items() for part in (("down", "up") if isinstance(module, FactorizedLinear)
+                                                           else ("",))]
+
+
 def lora_model(model, adapter, cfg: RecoverConfig):
     """``model`` wrapped with LoRA on the adapter's prunable linears."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(cfg.seed)  # the adapter's random init: the same run gives the same adapter
     config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                        target_modules=adapter.lora_targets(), fan_in_fan_out=adapter.weight_is_in_out,
+                        target_modules=lora_targets(model, adapter), fan_in_fan_out=adapter.weight_is_in_out,
                         bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
@@ -149,8 +163,10 @@ def train_lora(peft_model, tokenizer, train: list[Example], cfg: RecoverConfig, 
 
 
 @torch.no_grad()
-def merge_keeping_masks(peft_model, adapter, masks: dict[str, torch.Tensor]):
-    """Merge the LoRA deltas into the weights, then zero the pruned positions again."""
+def merge_keeping_masks(peft_model, adapter, masks: dict[str, torch.Tensor] | None):
+    """Merge the LoRA deltas into the weights, then zero the pruned positions again
+    (``masks=None``: a factorized model, whose factors keep their ranks when merged)."""
     model = peft_model.merge_and_unload()
-    apply_masks(model, adapter, masks)
+    if masks is not None:
+        apply_masks(model, adapter, masks)
     return model

@@ -22,8 +22,11 @@ def results_table(metrics: dict) -> Table:
     sides = [("dense", dense), ("pruned", pruned)]
     if "recovered" in metrics:
         sides.append(("pruned + LoRA", metrics["recovered"]))
+    search = metrics.get("search", {})
+    size = (f"decoder-linear parameters -{search['reduction']:.1%}" if search.get("kind") == "lowrank"
+            else f"sparsity {pruned.get('sparsity', 0):.3f}")
     table = Table(title=f"TaskPrune: task {metrics['task']}, method {metrics['method']}, "
-                        f"sparsity {pruned.get('sparsity', 0):.3f} (chance accuracy {dense['chance_accuracy']:.3f})")
+                        f"{size} (chance accuracy {dense['chance_accuracy']:.3f})")
     table.add_column("metric")
     for name, _ in sides:
         table.add_column(name, justify="right")
@@ -37,6 +40,9 @@ def results_table(metrics: dict) -> Table:
     seconds = metrics.get("stage_seconds", {})
     table.caption = ("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
                      + f"; total {metrics.get('run_seconds', 0):.0f} s")
+    if search.get("generations"):
+        table.caption += (f"\nsearch ({search['kind']}, {search['objective']}): {search['generations']} generations, "
+                          f"fitness uniform {search['uniform_fitness']:.4f} -> best {search['best_fitness']:.4f}")
     if "recovery" in metrics:
         rec = metrics["recovery"]
         table.caption += (f"\nLoRA recovery: {rec['steps']} steps, loss {rec['first_loss']:.3f} -> "

@@ -16,7 +16,7 @@ from taskprune.stages import preflight
 from taskprune.stages.prepare_data import recorded_fingerprint, source_fingerprint
 
 # dvc.yaml stage names, in order; evaluate runs as three DVC stages (dense, pruned, recovered).
-PIPELINE = ("fetch_model", "prepare_data", "calibrate", "score", "prune", "evaluate_dense", "evaluate", "recover",
+PIPELINE = ("fetch_model", "prepare_data", "calibrate", "score", "search", "prune", "evaluate_dense", "evaluate", "recover",
             "evaluate_recovered", "register")
 SKIPPED_MARK = "didn't change, skipping"
 

@@ -174,6 +174,22 @@ class Hessian:
         self.sum += contribution
 
 
+class Moments:
+    """Square sums (as ``SquareSums``) and the full second moment ``sum_t x_t x_t^T`` (float32) together."""
+
+    def __init__(self, in_features: int):
+        self.squares = SquareSums(in_features)
+        self.hessian = Hessian(in_features, "cpu")
+
+    @staticmethod
+    def contribution(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return SquareSums.contribution(x), Hessian.contribution(x).cpu()
+
+    def add(self, contribution: tuple, tokens: int) -> None:
+        self.squares.add(contribution[0], tokens)
+        self.hessian.add(contribution[1], tokens)
+
+
 def accumulate_inputs(step: LayerPass, adapter: ModelAdapter, side: str, make: Callable[[int], object]) -> dict:
     """Run ``step``'s layer on one side with an accumulator (``make(in_features)``) on every linear's input.
 
@@ -198,14 +214,54 @@ def accumulate_inputs(step: LayerPass, adapter: ModelAdapter, side: str, make: C
 
 @torch.no_grad()
 def collect_input_square_sums(model: nn.Module, adapter: ModelAdapter, input_ids: torch.Tensor,
-                              batch_size: int = 8, device: str = "cpu", desc: str = "calibrating"
-                              ) -> dict[str, torch.Tensor]:
+                              batch_size: int = 8, device: str = "cpu", desc: str = "calibrating",
+                              moments: bool = False):
     """Sum over all calibration tokens of x_j^2 for every input channel j of every decoder linear.
 
     Keys are ``"<layer index>.<linear name>"``; ``sqrt`` of a value is Wanda's ||X_j||_2.
+    With ``moments`` it returns ``(square sums, second moments)``: the second moments (sum of
+    x x^T, as LLM-Sieve's factorisation needs) once per distinct input of a layer, keyed by the
+    first linear reading it, and the square sums taken from their diagonals' float64 twin.
     """
     stats: dict[str, torch.Tensor] = {}
+    second: dict[str, torch.Tensor] = {}
     for step in sequential_layers(model, adapter, {"calibration": input_ids}, batch_size, device, desc):
-        for name, acc in accumulate_inputs(step, adapter, "calibration", SquareSums).items():
-            stats[f"{step.index}.{name}"] = acc.sum.to(torch.float32)
-    return stats
+        accs = accumulate_inputs(step, adapter, "calibration", Moments if moments else SquareSums)
+        layer_moments: list[torch.Tensor] = []
+        for name, acc in accs.items():
+            key = f"{step.index}.{name}"
+            if not moments:
+                stats[key] = acc.sum.to(torch.float32)
+                continue
+            stats[key] = acc.squares.sum.to(torch.float32)
+            h = acc.hessian.sum
+            # linears reading one input (q/k/v, gate/up) got identical sums: keep one tensor for them
+            second[key] = next((m for m in layer_moments if m.shape == h.shape and torch.equal(m, h)), h)
+            if second[key] is h:
+                layer_moments.append(h)
+    return (stats, second) if moments else stats
+
+
+def save_moments(path, moments: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Second moments to safetensors, each distinct tensor once (``shared`` maps every key to its stored key)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    stored: dict[int, str] = {}
+    shared = {key: stored.setdefault(id(tensor), key) for key, tensor in moments.items()}
+    save_file({key: moments[key].contiguous() for key in set(shared.values())}, str(path),
+              metadata={**metadata, "shared": json.dumps(shared)})
+
+
+def load_moments(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(second moment per linear key, the file's metadata)."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = fh.metadata()
+    tensors = load_file(str(path))
+    return {key: tensors[first] for key, first in json.loads(metadata["shared"]).items()}, metadata

@@ -115,9 +115,10 @@ def size_metrics(model, adapter, model_dir: Path) -> dict:
     for p in model.parameters():  # parameters() already skips tied duplicates
         params += p.numel()
         nonzero += int(torch.count_nonzero(p).item())
-    linears = adapter.named_linears(model).values()
-    decoder_linear = sum(adapter.weight(m).numel() for m in linears)
-    decoder_linear_nonzero = sum(int(torch.count_nonzero(adapter.weight(m)).item()) for m in linears)
+    # the matrices of every decoder linear (a factorized one has two: down and up; biases not counted)
+    matrices = [p for m in adapter.named_linears(model).values() for p in m.parameters() if p.dim() == 2]
+    decoder_linear = sum(p.numel() for p in matrices)
+    decoder_linear_nonzero = sum(int(torch.count_nonzero(p).item()) for p in matrices)
     return {
         "params": params,
         "nonzero_params": nonzero,

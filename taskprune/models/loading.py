@@ -142,12 +142,17 @@ def fetch(name: str, revision: str | None, out_dir: Path, project_root: Path, st
 
 
 def load_local(path: Path, device: str = "cpu"):
-    """Load a project model directory (dense or pruned) with its adapter."""
+    """Load a project model directory (dense, pruned, or a factorized sieve export) with its adapter."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from taskprune.lowrank import is_factorized, load_factorized
+
     check_model_dir(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
-                                                 trust_remote_code=False)
+    if is_factorized(path):  # a sieve export: some linears are FactorizedLinear
+        model = load_factorized(path)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
+                                                     trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

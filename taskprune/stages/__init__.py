@@ -10,7 +10,7 @@ from importlib import import_module
 from taskprune.config import Params
 from taskprune.paths import Project
 
-STAGES = ("fetch_model", "prepare_data", "calibrate", "score", "prune", "recover", "evaluate", "register")
+STAGES = ("fetch_model", "prepare_data", "calibrate", "score", "search", "prune", "recover", "evaluate", "register")
 
 
 def run_stage(name: str, params: Params, project: Project, **options) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import save_file
 
-from taskprune.calibration import SIDES, collect_input_square_sums
+from taskprune.calibration import SIDES, collect_input_square_sums, save_moments
 from taskprune.data.tokens import token_blocks
 from taskprune.config import CalibrationConfig, Params
 from taskprune.data.schema import read_jsonl
@@ -37,14 +37,20 @@ def run(params: Params, project: Project) -> None:
     cfg = params.calibration
     device = pick_device(params.model.device)
     model, tokenizer, adapter = load_local(project.dense_model, "cpu")  # layers are onloaded one at a time
-    record = {"device": device, "num_samples": cfg.num_samples, "seq_len": cfg.seq_len}
-    with atomic_dir(project.stats) as out:
+    moments = params.prune.method == "sieve"  # LLM-Sieve factorises with the full input second moments
+    record = {"device": device, "num_samples": cfg.num_samples, "seq_len": cfg.seq_len, "moments": moments}
+    with atomic_dir(project.stats) as out, atomic_dir(project.moments) as moments_out:
         for side, ids in calibration_blocks(project, cfg, tokenizer).items():
             started = timer.seconds()
-            stats = collect_input_square_sums(model, adapter, ids, cfg.batch_size, device, desc=f"calibrate {side}")
-            save_file(stats, str(out / f"{side}.safetensors"),
-                      metadata={"side": side, "tokens": str(ids.numel()), "seq_len": str(cfg.seq_len)})
+            stats = collect_input_square_sums(model, adapter, ids, cfg.batch_size, device, desc=f"calibrate {side}",
+                                              moments=moments)
+            metadata = {"side": side, "tokens": str(ids.numel()), "seq_len": str(cfg.seq_len)}
+            if moments:
+                stats, second = stats
+                save_moments(moments_out / f"{side}.safetensors", second, metadata)
+            save_file(stats, str(out / f"{side}.safetensors"), metadata=metadata)
             record[f"{side}_seconds"] = round(timer.seconds() - started, 2)
             record[f"{side}_blocks"] = len(ids)
         write_json(out / "stage.json", {k: v for k, v in record.items() if not k.endswith("_seconds")})
+        write_json(moments_out / "stage.json", {"moments": moments})
     timer.done(**record)

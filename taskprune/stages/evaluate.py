@@ -16,7 +16,7 @@ from taskprune.paths import Project, StageTimer, read_json, write_json
 from taskprune.stages.prepare_data import read_texts
 from taskprune.recovery import ADAPTER_DIR
 
-TIMED_STAGES = ("fetch_model", "prepare_data", "calibrate", "score", "prune", "recover", "evaluate_dense", "evaluate",
+TIMED_STAGES = ("fetch_model", "prepare_data", "calibrate", "score", "search", "prune", "recover", "evaluate_dense", "evaluate",
                 "evaluate_recovered")
 TIMER = {"dense": "evaluate_dense", "pruned": "evaluate", "recovered": "evaluate_recovered"}
 
@@ -81,7 +81,7 @@ def _public(result: dict) -> dict:
 def build_metrics(params: Params, project: Project, data_info: dict) -> dict:
     dense = read_json(project.eval_dir / "dense.json")
     pruned = read_json(project.eval_dir / "pruned.json")
-    masks = read_json(project.masks / "masks.json")
+    masks = read_json(project.mask_dir / "masks.json")
     pruned_public = _public(pruned)
     pruned_public["sparsity"] = masks["sparsity"]
     records = stage_records(project)
@@ -96,6 +96,13 @@ def build_metrics(params: Params, project: Project, data_info: dict) -> dict:
         "stage_seconds": seconds,
         "run_seconds": round(sum(seconds.values()), 2),
     }
+    search_file = project.search / "allocation.json"
+    if search_file.is_file():  # sieve, or a searched sparsity allocation
+        search = read_json(search_file)
+        metrics["search"] = {k: search[k] for k in ("kind", "allocation_rule", "objective", "reduction", "budget",
+                                                     "cost", "dense_cost") if k in search}
+        metrics["search"].update({k: search[k] for k in ("uniform_fitness", "best_fitness") if k in search})
+        metrics["search"]["generations"] = len(search.get("history", []))
     if recovery_enabled(project):
         recovered = _public(read_json(project.eval_dir / "recovered.json"))
         info = read_json(project.recovered_model / "stage.json")

@@ -22,15 +22,36 @@ def print_sparsity(achieved: dict[str, float]) -> None:
     print(f"sparsity per layer  {line}")
 
 
+def run_sieve(params: Params, project: Project) -> None:
+    """Replace every matrix given a rank by the search with its factors; export the smaller model."""
+    from taskprune.lowrank import factorize_model, load_factors, save_factorized
+
+    model, tokenizer, adapter = load_local(project.dense_model, "cpu")
+    allocation = read_json(project.search / "allocation.json")
+    ranks = factorize_model(model, adapter, load_factors(project.updates / "factors.safetensors"),
+                            allocation["values"])
+    with atomic_dir(project.pruned_model) as out:
+        save_factorized(model, tokenizer, ranks, out)
+        write_json(out / "stage.json", dict(
+            method="sieve", stats="task", pattern="lowrank", target_sparsity=0.0, achieved_sparsity=0.0,
+            reduction=allocation["reduction"], factorized=len(ranks), base_model=params.model.name))
+    print(f"sieve: {len(ranks)} of {len(allocation['values'])} matrices factorized, "
+          f"{allocation['reduction']:.1%} of the decoder-linear parameters removed")
+
+
 def run(params: Params, project: Project) -> None:
     timer = StageTimer(project, "prune")
+    if params.prune.method == "sieve":
+        run_sieve(params, project)
+        timer.done(method="sieve")
+        return
     model, tokenizer, adapter = load_local(project.dense_model, "cpu")
     updated = project.updates / "weights.safetensors"
     if updated.exists():  # SparseGPT: the OBS-updated weights replace the dense ones before masking
         load_updated_weights(model, adapter, load_file(str(updated)))
-    achieved = apply_masks(model, adapter, masklib.load_masks(project.masks / "masks.safetensors"))
+    achieved = apply_masks(model, adapter, masklib.load_masks(project.mask_dir / "masks.safetensors"))
     print_sparsity(achieved)
-    info = read_json(project.masks / "masks.json")
+    info = read_json(project.mask_dir / "masks.json")
     with atomic_dir(project.pruned_model) as out:
         save_model(model, tokenizer, out)
         # The checkpoint explains itself: how it was made, next to the weights.

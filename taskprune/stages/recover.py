@@ -14,9 +14,10 @@ from taskprune import masks as masklib
 from taskprune.config import Params
 from taskprune.data.schema import read_jsonl
 from taskprune.models.loading import load_local, pick_device, save_model
-from taskprune.paths import Project, StageTimer, atomic_dir, write_json
+from taskprune.paths import Project, StageTimer, atomic_dir, read_json, write_json
 from taskprune.pruning import apply_masks
-from taskprune.recovery import ADAPTER_DIR, check_disjoint, lora_model, merge_keeping_masks, run_fingerprint, train_lora
+from taskprune.lowrank import LOWRANK_FILE, is_factorized, save_factorized
+from taskprune.recovery import ADAPTER_DIR, check_disjoint, lora_model, lora_targets, merge_keeping_masks, run_fingerprint, train_lora
 
 
 
@@ -32,16 +33,17 @@ def run(params: Params, project: Project) -> None:
     device = pick_device(params.model.device)
     train = read_jsonl(project.data / "task_calib.jsonl")
     train_ids = check_disjoint(train, {ex.id for ex in read_jsonl(project.data / "task_test.jsonl")})
-    masks_file = project.masks / "masks.safetensors"
-    masks = masklib.load_masks(masks_file)
+    factorized = is_factorized(project.pruned_model)  # sieve: no masks; LoRA on the factors
+    structure = project.pruned_model / LOWRANK_FILE if factorized else project.mask_dir / "masks.safetensors"
+    masks = None if factorized else masklib.load_masks(structure)
     checkpoints = project.state / "checkpoints" / "recover-{}".format(run_fingerprint(
-        cfg.model_dump_json().encode(), masks_file.read_bytes(), (project.data / "task_calib.jsonl").read_bytes(),
+        cfg.model_dump_json().encode(), structure.read_bytes(), (project.data / "task_calib.jsonl").read_bytes(),
         (project.pruned_model / "stage.json").read_bytes()))
     model, tokenizer, adapter = load_local(project.pruned_model, device)
     peft_model = lora_model(model, adapter, cfg)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    print(f"recover: LoRA r={cfg.rank} on {len(adapter.lora_targets())} linears per layer, {trainable:,} trainable "
-          f"parameters, {cfg.steps} steps on {len(train)} calibration rows ({device})")
+    print(f"recover: LoRA r={cfg.rank} on {len(lora_targets(model, adapter))} {'modules' if factorized else 'linears per layer'}, "
+          f"{trainable:,} trainable parameters, {cfg.steps} steps on {len(train)} calibration rows ({device})")
     result = train_lora(peft_model, tokenizer, train, cfg, checkpoints, device)
     with atomic_dir(project.recovered_model) as out:
         if cfg.merge:
@@ -49,8 +51,12 @@ def run(params: Params, project: Project) -> None:
         else:
             peft_model.save_pretrained(str(out / ADAPTER_DIR))  # safetensors
             recovered = peft_model.unload()  # the pruned weights, untouched
-        achieved = apply_masks(recovered, adapter, masks)  # no-op on the weights; measures the zeros
-        save_model(recovered, tokenizer, out)
+        if factorized:
+            achieved = {"all": 0.0}
+            save_factorized(recovered, tokenizer, read_json(structure)["ranks"], out)
+        else:
+            achieved = apply_masks(recovered, adapter, masks)  # no-op on the weights; measures the zeros
+            save_model(recovered, tokenizer, out)
         write_json(out / "train_log.json", result.history)
         write_json(out / "stage.json", {
             "enabled": True, "merge": cfg.merge, "steps": cfg.steps, "resumed_from": result.resumed_from,

@@ -12,7 +12,7 @@ from taskprune.stages.evaluate import stage_records
 from taskprune.tracking import register_result
 
 LINEAGE_OUTS = {"data": ("prepare_data", "artifacts/data"), "masks": ("score", "artifacts/masks"),
-                "stats": ("calibrate", "artifacts/stats")}
+                "stats": ("calibrate", "artifacts/stats"), "search": ("search", "artifacts/search")}
 
 
 def git_commit(project: Project) -> str:
@@ -40,17 +40,20 @@ def lineage_hashes(project: Project) -> dict[str, str]:
 def run(params: Params, project: Project) -> None:
     timer = StageTimer(project, "register")
     metrics = read_json(project.metrics)
-    masks = read_json(project.masks / "masks.json")
+    masks = read_json(project.mask_dir / "masks.json")
+    search = read_json(project.search / "allocation.json") if (project.search / "allocation.json").is_file() else {}
     tags = {"git_commit": git_commit(project), **lineage_hashes(project),
             "sparsity": str(params.prune.sparsity), "pattern": params.prune.pattern, "stats": params.prune.stats,
             "allocation": params.prune.allocation}
     result = register_result(
         params=params, state_dir=project.state, task_label=metrics["task"], metrics=metrics,
         per_layer=masks["per_layer"], stage_records=stage_records(project), model_dir=project.pruned_model,
-        artifacts=[project.metrics, project.masks / "masks.json", project.dvc_lock, project.params_file],
+        artifacts=[project.metrics, project.mask_dir / "masks.json", project.search / "allocation.json",
+                   project.dvc_lock, project.params_file],
         lineage_tags=tags, exclusive=masks.get("exclusive"),
         recovered_dir=project.recovered_model if "recovered" in metrics else None,
-        history=read_json(project.recovered_model / "train_log.json") if "recovered" in metrics else None)
+        history=read_json(project.recovered_model / "train_log.json") if "recovered" in metrics else None,
+        search=search if search.get("enabled") else None)
     write_json(project.registration, result)
     timer.done(version=result["version"])
     print(f"registered {result['registered_model']} version {result['version']}, run {result['run_id']} "

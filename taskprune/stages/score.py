@@ -9,45 +9,73 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from taskprune import masks as masklib
-from taskprune.config import Params
+from taskprune.config import Params, PruneConfig
 from taskprune.models.loading import load_local, pick_device
 from taskprune.paths import Project, StageTimer, atomic_dir, write_json
-from taskprune.calibration import SIDES
-from taskprune.pruning import SideStats, compute_masks, sparsegpt_masks, sparsegpt_sides
+from taskprune.pruning import MaskResult, compute_masks, load_stats, sparsegpt_masks, sparsegpt_sides
 from taskprune.stages.calibrate import calibration_blocks
 
 
-def load_side_stats(path: Path) -> SideStats:
-    with safe_open(str(path), framework="pt") as fh:
-        tokens = int(fh.metadata()["tokens"])
-    return SideStats(load_file(str(path)), tokens)
+def write_masks(out: Path, cfg: PruneConfig, result: MaskResult) -> tuple[int, float]:
+    """masks.safetensors (packed) and masks.json (how they were made, achieved sparsity) into ``out``;
+    returns (weights, sparsity)."""
+    total = sum(m.numel() for m in result.masks.values())
+    overall = 1 - sum(int(m.sum()) for m in result.masks.values()) / total
+    masklib.save_masks(out / "masks.safetensors", result.masks)
+    write_json(out / "masks.json", {
+        "method": cfg.method, "base": cfg.base, "stats": cfg.stats, "pattern": cfg.pattern, "allocation": cfg.allocation,
+        "target_sparsity": cfg.sparsity, "sparsity": round(overall, 6), "per_layer": result.sparsity,
+        "layer_target": {str(k): round(v, 6) for k, v in result.layer_target.items()},
+        "exclusive": result.exclusive})
+    return total, overall
+
+
+def score_sieve(params: Params, project: Project, model, adapter) -> None:
+    """LLM-Sieve: output-aware factors of every decoder linear, from the calibrate stage's second moments."""
+    from tqdm.auto import tqdm
+
+    from taskprune.calibration import load_moments
+    from taskprune.lowrank import breakeven_rank, save_factors, sieve_factors
+
+    cfg = params.prune.sieve
+    sides = ["task"] + (["general"] if cfg.general_weight > 0 else [])
+    moments = {side: load_moments(project.moments / f"{side}.safetensors")[0] for side in sides}
+    linears = adapter.named_linears(model)
+    with tqdm(total=len(linears), desc="sieve factors", unit="matrix") as bar:
+        factors = sieve_factors(model, adapter, moments, cfg.general_weight, cfg.damp, progress=bar)
+    with atomic_dir(project.masks) as out:  # no masks: sieve removes parameters instead of zeroing them
+        write_json(out / "masks.json", {"method": "sieve", "base": params.prune.base, "stats": "task",
+                                        "pattern": "lowrank", "allocation": params.prune.allocation,
+                                        "target_sparsity": 0.0, "sparsity": 0.0, "per_layer": {},
+                                        "layer_target": {}, "exclusive": {}})
+    with atomic_dir(project.updates) as out:
+        save_factors(out / "factors.safetensors", factors)
+        write_json(out / "stage.json", {"method": "sieve", "updated_weights": False, "factors": True,
+                                        "general_weight": cfg.general_weight, "damp": cfg.damp})
+    print(f"sieve: factors of {len(factors)} matrices up to their break-even rank "
+          f"(e.g. {next(iter(factors))}: {int(breakeven_rank(*adapter.weight(next(iter(linears.values()))).shape))})")
 
 
 def run(params: Params, project: Project) -> None:
     timer = StageTimer(project, "score")
     cfg = params.prune
     model, tokenizer, adapter = load_local(project.dense_model, "cpu")
-    stats = None if cfg.method == "magnitude" else {
-        side: load_side_stats(project.stats / f"{side}.safetensors") for side in SIDES}
+    if cfg.method == "sieve":
+        score_sieve(params, project, model, adapter)
+        timer.done(method=cfg.method)
+        return
+    stats = load_stats(project.stats, cfg.method)
     if cfg.sequential:
         blocks = calibration_blocks(project, params.calibration, tokenizer, sparsegpt_sides(cfg))
         result = sparsegpt_masks(model, adapter, cfg, stats, blocks, params.calibration.batch_size,
                                  pick_device(params.model.device))
     else:
         result = compute_masks(model, adapter, cfg, stats)
-    total = sum(m.numel() for m in result.masks.values())
-    overall = 1 - sum(int(m.sum()) for m in result.masks.values()) / total
     with atomic_dir(project.masks) as out:
-        masklib.save_masks(out / "masks.safetensors", result.masks)
-        write_json(out / "masks.json", {
-            "method": cfg.method, "base": cfg.base, "stats": cfg.stats, "pattern": cfg.pattern, "allocation": cfg.allocation,
-            "target_sparsity": cfg.sparsity, "sparsity": round(overall, 6), "per_layer": result.sparsity,
-            "layer_target": {str(k): round(v, 6) for k, v in result.layer_target.items()},
-            "exclusive": result.exclusive})
+        total, overall = write_masks(out, cfg, result)
     with atomic_dir(project.updates) as out:
         if cfg.sequential:
             save_file({key: adapter.weight(module).contiguous() for key, module in adapter.named_linears(model).items()},

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from taskprune.config import Params
+from taskprune.lowrank import is_factorized
 from taskprune.models.loading import load_local
 from taskprune.recovery import ADAPTER_DIR
 
@@ -45,8 +46,8 @@ def ensure_experiment(mlflow, name: str, uri: str, state_dir: Path) -> str:
     return mlflow.create_experiment(name, artifact_location=location)
 
 
-def sparsity_figure(per_layer: dict[str, float], title: str):
-    """Heatmap of achieved sparsity: decoder layer (x) by linear module (y)."""
+def sparsity_figure(per_layer: dict[str, float], title: str, label: str = "sparsity (fraction of weights zeroed)"):
+    """Heatmap of achieved sparsity (or sieve's parameter reduction): decoder layer (x) by linear module (y)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,7 +65,7 @@ def sparsity_figure(per_layer: dict[str, float], title: str):
     ax.set_xticks(range(len(layers)), [str(i) for i in layers], fontsize=7)
     ax.set_yticks(range(len(modules)), modules, fontsize=8)
     ax.set_xlabel("decoder layer")
-    fig.colorbar(image, ax=ax, label="sparsity (fraction of weights zeroed)")
+    fig.colorbar(image, ax=ax, label=label)
     mean = float(np.nanmean(grid))
     ax.set_title(f"{title}\nmean {mean:.3f}, min {np.nanmin(grid):.3f}, max {np.nanmax(grid):.3f}", fontsize=9)
     fig.tight_layout()
@@ -95,7 +96,8 @@ def exclusive_figure(exclusive: dict[str, dict[str, float]], title: str):
 def register_result(*, params: Params, state_dir: Path, task_label: str, metrics: dict, per_layer: dict[str, float],
                     stage_records: dict[str, dict], model_dir: Path, artifacts: list[Path],
                     lineage_tags: dict[str, str], exclusive: dict[str, dict[str, float]] | None = None,
-                    recovered_dir: Path | None = None, history: list[dict] | None = None) -> dict:
+                    recovered_dir: Path | None = None, history: list[dict] | None = None,
+                    search: dict | None = None) -> dict:
     """Log the run (params, metrics, plot, files, child run per stage) and register the model as a new
     version with alias ``challenger``. Returns ids for ``register.json``."""
     import mlflow
@@ -115,8 +117,16 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
             mlflow.log_metrics({f"{side}.{k}": float(v) for k, v in metrics[side].items()
                                 if isinstance(v, (int, float))})
         mlflow.log_metric("run_seconds", float(metrics["run_seconds"]))
-        mlflow.log_figure(sparsity_figure(per_layer, f"{run_name}: sparsity per layer"), "plots/sparsity_per_layer.png")
-        mlflow.log_dict(per_layer, "sparsity_per_layer.json")
+        if search and search.get("kind") == "lowrank":
+            mlflow.log_figure(sparsity_figure(search["matrix_reduction"], f"{run_name}: parameters removed per matrix",
+                                              "share of the matrix's parameters removed"),
+                              "plots/reduction_per_matrix.png")
+        else:
+            mlflow.log_figure(sparsity_figure(per_layer, f"{run_name}: sparsity per layer"),
+                              "plots/sparsity_per_layer.png")
+            mlflow.log_dict(per_layer, "sparsity_per_layer.json")
+        if search and search.get("history"):
+            _log_search(MlflowClient(), run.info.run_id, search, run_name)
         if exclusive:
             mlflow.log_figure(exclusive_figure(exclusive, f"{run_name}: exclusive channels"),
                               "plots/exclusive_channels.png")
@@ -153,7 +163,8 @@ def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str,
     """Log the model of ``model_dir`` to the active run and register it; returns (version, model uri)."""
     import mlflow
 
-    if (model_dir / ADAPTER_DIR).is_dir():  # pruned weights + a separate LoRA adapter: logged as files
+    if (model_dir / ADAPTER_DIR).is_dir() or is_factorized(model_dir):
+        # a separate LoRA adapter, or FactorizedLinear modules (taskprune.load rebuilds them): logged as files
         mlflow.log_artifacts(str(model_dir), artifact)
         model_uri = f"runs:/{run_id}/{artifact}"
     else:  # components, not the checkpoint path: MLflow 3.17's path route breaks on transformers 5
@@ -190,6 +201,47 @@ def _log_loss_curve(client, run_id: str, history: list[dict], title: str) -> Non
     ax.set_title(f"{title}: LoRA recovery", fontsize=9)
     fig.tight_layout()
     mlflow.log_figure(fig, "plots/recovery_loss.png")
+
+
+def _log_search(client, run_id: str, search: dict, title: str) -> None:
+    """Convergence curve (best and mean fitness per generation), and with a Pareto front its plot and table."""
+    import time
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    history = search["history"]
+    client.log_batch(run_id, metrics=[Metric(f"search.{k}_fitness", float(h[k]), now, int(h["generation"]))
+                                      for h in history for k in ("best", "mean")])
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot([h["generation"] for h in history], [h["best"] for h in history], marker="o", ms=3, label="best")
+    ax.plot([h["generation"] for h in history], [h["mean"] for h in history], lw=1, label="population mean")
+    if search.get("uniform_fitness") is not None:
+        ax.axhline(search["uniform_fitness"], color="grey", ls="--", lw=1, label="uniform allocation")
+    ax.set_xlabel("generation")
+    ax.set_ylabel(f"fitness ({search.get('fitness', 'loglik')})")
+    ax.set_title(f"{title}: genetic search", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    mlflow.log_figure(fig, "plots/search_convergence.png")
+    if search.get("front"):
+        front = search["front"]
+        mlflow.log_table({key: [p.get(key) for p in front] for key in front[0]}, "search/pareto_front.json")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([p["size_fraction"] for p in front], [p["fitness"] for p in front], marker="o")
+        chosen = 1 - search["reduction"]
+        ax.axvline(chosen, color="red", ls="--", lw=1, label=f"chosen ({chosen:.2f} of dense)")
+        ax.set_xlabel("size (fraction of the dense decoder linears)")
+        ax.set_ylabel("fitness")
+        ax.set_title(f"{title}: Pareto front", fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        mlflow.log_figure(fig, "plots/pareto_front.png")
 
 
 def _registered(client, name: str) -> bool:
