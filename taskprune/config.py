@@ -88,7 +88,7 @@ class SparseGPTConfig(_Strict):
 class SieveConfig(_Strict):
     """LLM-Sieve low-rank projections (method sieve); see taskprune/lowrank."""
 
-    general_weight: float = Field(0.0, ge=0, le=1, description="Share of the general inputs' second moment mixed "
+    general_weight: float = Field(0.5, ge=0, le=1, description="Share of the general inputs' second moment mixed "
                                                                  "into the task one (0 = task only)")
     damp: float = Field(0.01, gt=0, le=1, description="Added to the second moment's diagonal, times its mean")
     levels: int = Field(10, ge=2, le=64, description="Rank levels per matrix, from dense down in equal steps")
