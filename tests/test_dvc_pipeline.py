@@ -97,3 +97,16 @@ def test_repro_skip_and_experiments(tiny_project):
     assert metrics["recovered"]["sparsity"] == pytest.approx(metrics["pruned"]["sparsity"], abs=1e-6)
     registered = json.loads((project / "artifacts" / "register.json").read_text())
     assert int(registered["recovered_version"]) == int(registered["version"]) + 1
+
+    sieve = dvc(project, "exp", "run", "-S", "prune.method=sieve", "-S", "prune.pattern=unstructured",
+                "-S", "prune.allocation=search", "-S", "search.generations=2", "-S", "search.population=4",
+                "-S", "search.examples=8", "-S", "recover.enabled=false")
+    assert sieve.returncode == 0, sieve.stdout + sieve.stderr
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert metrics["method"] == "sieve" and metrics["search"]["kind"] == "lowrank"
+    assert metrics["search"]["generations"] == 2
+    assert metrics["pruned"]["decoder_linear_params"] <= 0.61 * metrics["dense"]["decoder_linear_params"]
+    assert metrics["pruned"]["bytes_on_disk"] < metrics["dense"]["bytes_on_disk"]
+    assert (project / "artifacts" / "model" / "pruned" / "lowrank.json").is_file()
+    assert int(json.loads((project / "artifacts" / "register.json").read_text())["version"]) > \
+        int(registered["recovered_version"])

@@ -60,3 +60,38 @@ def test_recovered_model_is_registered_with_its_parent_and_loss_curve(tmp_path, 
     curve = client.get_metric_history(result["run_id"], "recover.loss")
     assert [(m.step, m.value) for m in curve] == [(1, 2.0), (2, 1.5), (3, 1.2)]
     assert "plots/recovery_loss.png" in {a.path for a in client.list_artifacts(result["run_id"], "plots")}
+
+
+def test_sieve_run_logs_convergence_pareto_front_and_the_factorized_model_as_files(tmp_path, tiny_llama_dir):
+    from mlflow import MlflowClient
+
+    from taskprune.lowrank import factorize_model, save_factorized, whitened_factors
+    from taskprune.models.loading import load_local
+
+    model, tokenizer, adapter = load_local(tiny_llama_dir)
+    linears = adapter.named_linears(model)
+    factors = {k: whitened_factors(adapter.weight(m), None) for k, m in linears.items()}
+    save_factorized(model, tokenizer, factorize_model(model, adapter, factors, {k: 4 for k in linears}),
+                    tmp_path / "sieve")
+    params = Params.model_validate({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+                                    "prune": {"method": "sieve", "allocation": "search"}})
+    side = {"task_accuracy": 0.5, "perplexity": 10.0, "params": 100, "nonzero_params": 50,
+            "decoder_linear_params": 80, "bytes_on_disk": 400, "tokens_per_s": 12.0}
+    search = {"enabled": True, "kind": "lowrank", "reduction": 0.4, "fitness": "loglik", "uniform_fitness": -3.0,
+              "matrix_reduction": {k: 0.4 for k in linears},
+              "history": [{"generation": 1, "best": -2.5, "mean": -3.0}, {"generation": 2, "best": -2.0, "mean": -2.4}],
+              "front": [{"cost": 10, "size_fraction": 0.3, "fitness": -4.0},
+                        {"cost": 20, "size_fraction": 0.6, "fitness": -2.0}]}
+    result = register_result(params=params, state_dir=tmp_path, task_label="capital",
+                             metrics={"task": "capital", "method": "sieve", "dense": side, "pruned": side,
+                                      "run_seconds": 1.0},
+                             per_layer={}, stage_records={}, model_dir=tmp_path / "sieve", artifacts=[],
+                             lineage_tags={}, search=search)
+    client = MlflowClient(tracking_uri=params.tracking.uri)
+    curve = client.get_metric_history(result["run_id"], "search.best_fitness")
+    assert [(m.step, m.value) for m in curve] == [(1, -2.5), (2, -2.0)]
+    plots = {a.path for a in client.list_artifacts(result["run_id"], "plots")}
+    assert {"plots/search_convergence.png", "plots/pareto_front.png", "plots/reduction_per_matrix.png"} <= plots
+    assert "search/pareto_front.json" in {a.path for a in client.list_artifacts(result["run_id"], "search")}
+    files = {a.path for a in client.list_artifacts(result["run_id"], "model")}
+    assert "model/lowrank.json" in files  # a factorized model is logged as files (taskprune.load rebuilds it)

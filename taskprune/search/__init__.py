@@ -159,7 +159,8 @@ def make_algorithm(space: LevelSpace, objective: str, population: int, seed: int
 
     cls = GA if objective == "budget" else NSGA2
     algorithm = cls(pop_size=population, sampling=initial_population(space, population, objective, seed),
-                    crossover=UX(), mutation=LevelMutation(space, objective), repair=BudgetRepair(space, objective, seed),
+                    crossover=UX(), mutation=LevelMutation(space, objective),
+                    repair=BudgetRepair(space, objective, seed),
                     eliminate_duplicates=True)
     return LevelsProblem(space, objective), algorithm
 

@@ -101,7 +101,8 @@ class FitnessWorker:
                 self.modules[key].rank = value
             else:
                 dense = self.dense[key]
-                self.weights[key].copy_(dense if value is None else dense * (self.ranks[key] >= int(dense.shape[1] * value)))
+                kept = None if value is None else self.ranks[key] >= int(dense.shape[1] * value)
+                self.weights[key].copy_(dense if kept is None else dense * kept)
             self.current[i] = level
 
     # -- scoring ------------------------------------------------------------------------------
