@@ -43,7 +43,7 @@ def test_repro_skip_and_experiments(tiny_project):
 
     again = dvc(project, "repro")
     assert again.returncode == 0, again.stderr
-    for stage in ("fetch_model", "calibrate", "score", "prune", "evaluate_dense", "evaluate", "recover",
+    for stage in ("fetch_model", "calibrate", "score", "search", "prune", "evaluate_dense", "evaluate", "recover",
                   "evaluate_recovered", "register"):
         assert f"Stage '{stage}' didn't change, skipping" in again.stdout, (stage, again.stdout)
     assert json.loads((project / "artifacts" / "register.json").read_text())["version"] == "1"
