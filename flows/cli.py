@@ -11,7 +11,9 @@ from taskprune.cli import app
 from taskprune.cli import main as library_main
 from taskprune.paths import Project
 from taskprune.report import print_results
-from taskprune.stages import preflight
+from taskprune.stages import ROUTES, preflight
+
+ROUTES["search"] = "flows.search:route"  # search.ray_address: fitness on Prefect's Ray task runner
 
 
 @app.command()

@@ -176,8 +176,9 @@ class SearchConfig(_Strict):
     batch_size: int = Field(16, gt=0)
     sparsity_levels: int = Field(9, ge=3, le=41, description="allocation search with sparsity methods: levels")
     sparsity_step: float = Field(0.05, gt=0, lt=0.5, description="... spaced this far apart around prune.sparsity")
-    workers: int = Field(1, ge=1, le=256, description="Fitness evaluations in parallel (processes, or Ray actors)")
-    ray_address: str | None = Field(None, description="Ray cluster address (ray://host:10001), or 'local'")
+    workers: int = Field(1, ge=1, le=256, description="Fitness evaluations in parallel in local processes (without ray_address)")
+    ray_address: str | None = Field(None, description="Run fitness as Prefect tasks on Prefect's Ray task runner: "
+                                    "a cluster address (ray://host:10001, auto), or 'local' for a Ray started here")
     seed: int = 0
 
     @model_validator(mode="after")

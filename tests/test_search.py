@@ -199,8 +199,8 @@ def test_search_is_off_unless_asked(tiny_llama_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_process_and_ray_workers_compute_the_serial_fitness(tiny_llama_dir, tmp_path):
-    from taskprune.search.fitness import ProcessEvaluator, RayEvaluator, SerialEvaluator
+def test_process_workers_compute_the_serial_fitness(tiny_llama_dir, tmp_path):
+    from taskprune.search.fitness import ProcessEvaluator, SerialEvaluator
     from taskprune.stages.search import level_space, worker_spec
 
     project, params = tiny_project(tmp_path, tiny_llama_dir, prune={"method": "sieve", "allocation": "search"})
@@ -219,9 +219,36 @@ def test_process_and_ray_workers_compute_the_serial_fitness(tiny_llama_dir, tmp_
         assert np.allclose(pool(genomes), serial, atol=1e-4)
     finally:
         pool.close()
-    ray = RayEvaluator(spec, workers=2, address="local")
+
+
+def test_ray_address_needs_the_orchestrated_command(tiny_llama_dir, tmp_path):
+    project, params = tiny_project(tmp_path, tiny_llama_dir, prune={"method": "sieve", "allocation": "search"},
+                                   search={"ray_address": "local"})
+    run_stages(params, project, "prepare_data", "calibrate", "score")
+    with pytest.raises(TaskPruneError, match="Prefect's Ray task runner"):
+        run_stages(params, project, "search")
+
+
+@pytest.mark.slow
+def test_search_on_prefects_ray_task_runner_matches_the_local_search(tiny_llama_dir, tmp_path, monkeypatch):
+    """search.ray_address routes the stage through a Prefect flow on prefect-ray's RayTaskRunner (a local
+    Ray here); every fitness is a Prefect task on a Ray worker, and the search ends where the local one does."""
+    import ray
+
+    from taskprune.stages import ROUTES, run_stage
+
+    local, params = tiny_project(tmp_path / "local", tiny_llama_dir, prune={"method": "sieve", "allocation": "search"})
+    run_stages(params, local, "prepare_data", "calibrate", "score", "search")
+    expected = read_json(local.search / "allocation.json")
+
+    on_ray, params = tiny_project(tmp_path / "ray", tiny_llama_dir, prune={"method": "sieve", "allocation": "search"},
+                                  search={"ray_address": "local"})
+    run_stages(params, on_ray, "prepare_data", "calibrate", "score")
+    monkeypatch.setitem(ROUTES, "search", "flows.search:route")  # what the `taskprune` command registers
     try:
-        assert np.allclose(ray(genomes), serial, atol=1e-4)
+        run_stage("search", params, on_ray)
     finally:
-        ray.close()
-        ray.ray.shutdown()
+        ray.shutdown()
+    got = read_json(on_ray.search / "allocation.json")
+    assert got["levels"] == expected["levels"] and got["cost"] == expected["cost"]
+    assert [h["best"] for h in got["history"]] == pytest.approx([h["best"] for h in expected["history"]], abs=1e-3)

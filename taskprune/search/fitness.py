@@ -1,5 +1,6 @@
 """Fitness of a level genome: the task's answer log-likelihood (or KL to the dense model) on the
-calibration split, and the evaluators that compute it serially, in processes, or on Ray.
+calibration split, and the evaluators that compute it serially or in local processes (the Ray
+evaluator is a Prefect task, in ``tasks/fitness.py``).
 
 A ``FitnessWorker`` holds the model once with every searched matrix able to run at any
 level (low-rank: a rank slice of precomputed factors; sparsity: the dense weight masked
@@ -26,7 +27,7 @@ from taskprune.recovery import collate, encode
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a worker (this process, a pool process or a Ray actor) needs to rebuild itself."""
+    """Everything a worker (this process, a pool process or a Ray worker) needs to rebuild itself."""
 
     model_dir: str
     examples_file: str
@@ -159,7 +160,7 @@ class FitnessWorker:
         return correct / max(len(self.examples), 1)
 
 
-# -- evaluators: genomes -> fitness, serially, in processes, or on Ray -------------------------------
+# -- evaluators: genomes -> fitness, serially or in processes -------------------------------
 class Evaluator:
     """Calls ``FitnessWorker`` methods on many genomes; subclasses decide where the workers live."""
 
@@ -225,35 +226,9 @@ class ProcessEvaluator(Evaluator):
         self.pool.shutdown()
 
 
-class RayEvaluator(Evaluator):
-    """``workers`` Ray actors (on the cluster at ``address``; ``local`` starts one here), each holding the model."""
-
-    def __init__(self, spec: WorkerSpec, workers: int, address: str):
-        import ray
-
-        ray.init(address=None if address == "local" else address, ignore_reinit_error=True,
-                 include_dashboard=False, log_to_driver=False)
-        actor = ray.remote(num_cpus=1)(FitnessWorker)
-        self.ray = ray
-        self.actors = [actor.remote(spec) for _ in range(workers)]
-
-    def _map(self, method: str, genomes, progress=None) -> list[float]:
-        refs = [getattr(self.actors[i % len(self.actors)], method).remote(g) for i, g in enumerate(genomes)]
-        pending = list(refs)
-        while pending:
-            done, pending = self.ray.wait(pending, num_returns=1)
-            if progress is not None:
-                progress.update(len(done))
-        return self.ray.get(refs)
-
-    def close(self) -> None:
-        for actor in self.actors:
-            self.ray.kill(actor)
-
-
-def make_evaluator(spec: WorkerSpec, workers: int = 1, ray_address: str | None = None) -> Evaluator:
-    if ray_address:
-        return RayEvaluator(spec, workers, ray_address)
+def make_evaluator(spec: WorkerSpec, workers: int = 1) -> Evaluator:
+    """Fitness here: in this process, or in ``workers`` local processes. (On a Ray cluster the
+    search runs as a Prefect flow on Prefect's Ray task runner: ``tasks/fitness.py``.)"""
     if workers > 1:
         return ProcessEvaluator(spec, workers)
     return SerialEvaluator(spec)

@@ -13,10 +13,22 @@ from taskprune.paths import Project
 STAGES = ("fetch_model", "prepare_data", "calibrate", "score", "search", "prune", "recover", "evaluate", "register")
 
 
+# An orchestrator may take a stage over (flows/ routes the search through Prefect's Ray task runner
+# when search.ray_address is set): stage name -> "module:function" called as
+# function(params, project, run, **options), where ``run`` is the stage's own function. Imported only
+# when that stage runs, so the library never imports Prefect.
+ROUTES: dict[str, str] = {}
+
+
 def run_stage(name: str, params: Params, project: Project, **options) -> None:
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    import_module(f"taskprune.stages.{name}").run(params, project, **options)
+    run = import_module(f"taskprune.stages.{name}").run
+    if name in ROUTES:
+        module, _, function = ROUTES[name].partition(":")
+        getattr(import_module(module), function)(params, project, run, **options)
+    else:
+        run(params, project, **options)
 
 
 def preflight(project: Project, overrides: list[str]) -> Params:

@@ -13,10 +13,12 @@ until the stage ends; a killed search resumes from the last generation.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 
 import numpy as np
 
 from taskprune.config import Params
+from taskprune.errors import TaskPruneError
 from taskprune.models.loading import load_local
 from taskprune.paths import Project, StageTimer, atomic_dir, write_json
 from taskprune.recovery import run_fingerprint
@@ -66,7 +68,10 @@ def pick_point(result: SearchResult, space: LevelSpace, params: Params, evaluato
                              "met": bool(ok)}
 
 
-def run(params: Params, project: Project) -> None:
+def run(params: Params, project: Project, evaluator_factory: Callable | None = None) -> None:
+    """``evaluator_factory(spec, workers)`` decides where fitness runs; by default here or in local
+    processes. With ``search.ray_address`` the `taskprune` command routes this stage through a Prefect
+    flow on Prefect's Ray task runner (``flows/search.py``), which passes its own factory."""
     timer = StageTimer(project, "search")
     if not enabled(params):
         with atomic_dir(project.search) as out:
@@ -88,7 +93,10 @@ def run(params: Params, project: Project) -> None:
         print(f"search: {kind} levels of {len(space.keys)} matrices, {cfg.objective} objective, population "
               f"{cfg.population}, {cfg.generations} generations, fitness {cfg.fitness} on {cfg.examples} "
               f"calibration rows ({where})")
-        evaluator = make_evaluator(worker_spec(params, project, values, kind), cfg.workers, cfg.ray_address)
+        if cfg.ray_address and evaluator_factory is None:
+            raise TaskPruneError("search.ray_address: the search runs on Ray through Prefect's Ray task runner; "
+                                 "run it with the `taskprune` command (taskprune stage search / taskprune run)")
+        evaluator = (evaluator_factory or make_evaluator)(worker_spec(params, project, values, kind), cfg.workers)
         try:
             result = run_search(space, evaluator, objective=cfg.objective, population=cfg.population,
                                 generations=cfg.generations, seed=cfg.seed, checkpoint_dir=checkpoints)
