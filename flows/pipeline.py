@@ -11,8 +11,9 @@ from tasks.stages import PIPELINE, promote_challenger, run_stage, task_source_ch
 
 
 @flow(name="taskprune-pipeline")
-def pipeline(project_root: str, overrides: list[str] | None = None) -> dict:
-    """Validate inputs, then run every stage through DVC (unchanged stages are skipped)."""
+def pipeline(project_root: str, overrides: list[str] | None = None, promote: bool | None = None) -> dict:
+    """Validate inputs, then run every stage through DVC (unchanged stages are skipped); then apply the
+    promotion rule when ``promote`` is true (default: params.yaml ``promote.auto``)."""
     project = Project(Path(project_root))
     validate_inputs(project_root, overrides or [])
     reread_task = task_source_changed(project_root)
@@ -21,5 +22,5 @@ def pipeline(project_root: str, overrides: list[str] | None = None) -> dict:
         # Registration talks to a tracking server: retry it; the compute stages fail fast.
         runner = run_stage.with_options(retries=2, retry_delay_seconds=10) if stage == "register" else run_stage
         outcome[stage] = runner(stage, project_root, force=reread_task and stage == "prepare_data")
-    promotion = promote_challenger(project_root)  # only with promote.auto: true
+    promotion = promote_challenger(project_root, promote)
     return {"stages": outcome, "metrics": read_json(project.metrics), "promotion": promotion}

@@ -47,6 +47,20 @@ def stage(
 
 
 @app.command()
+def init(
+    directory: Annotated[str, typer.Argument(help="New project directory")],
+    overrides: Annotated[list[str], typer.Option("-S", "--set", help="Set a params.yaml key, e.g. -S task.name=sentiment")] = [],  # noqa: B006
+) -> None:
+    """Create a project: params.yaml and dvc.yaml from this checkout, git and DVC initialised."""
+    from pathlib import Path
+
+    from taskprune.scaffold import init_project
+
+    root = init_project(Path(directory).resolve(), list(overrides))
+    print(f"project created at {root}; cd there and run `taskprune run`")
+
+
+@app.command()
 def show() -> None:
     """Print the results table of the last run (metrics.json)."""
     from taskprune.report import print_results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,14 +63,29 @@ def run_stage(stage: str, project_root: str, force: bool = False) -> str:
     return "skipped" if skipped else "ran"
 
 
+@task(name="pipeline-changes")
+def pipeline_changes(project_root: str) -> list[str]:
+    """What a run would redo: the stages `dvc status` reports changed, plus the task file when its
+    content changed since prepare_data read it. Empty: nothing to do."""
+    command = [sys.executable, "-m", "dvc", "status", "--json"]
+    done = subprocess.run(command, cwd=project_root, env=dvc_environment(), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise TaskPruneError(f"dvc status failed in {project_root}: {done.stderr.strip()[-2000:]}")
+    changed = sorted(json.loads(done.stdout or "{}"))
+    if task_source_changed.fn(project_root):
+        changed.append("task data")
+    return changed
+
+
 @task(name="promote", retries=2, retry_delay_seconds=10)
-def promote_challenger(project_root: str) -> str | None:
-    """With `promote.auto`, apply the promotion rule to the newest challenger; returns the decision."""
+def promote_challenger(project_root: str, apply: bool | None = None) -> str | None:
+    """Apply the promotion rule to the newest challenger when ``apply`` (default: params.yaml
+    `promote.auto`); returns the decision as a line."""
     from taskprune.promotion import project_registry, promote
 
     project = Project(Path(project_root))
     params = config.load(project.params_file)
-    if not params.promote.auto:
+    if not (params.promote.auto if apply is None else apply):
         return None
     client, name = project_registry(project, params)
     version, decision = promote(client, name, None, params.promote, project.state / "locks")

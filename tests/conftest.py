@@ -4,19 +4,17 @@ architectures, saved as safetensors directories (no hub, no network)."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from taskprune import env
+from taskprune.scaffold import PROJECT_FILES
 
 env.apply()
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHITECTURES = ("llama", "qwen2", "mistral", "gpt2", "opt")
-PROJECT_FILES = ("params.yaml", "dvc.yaml", ".gitignore", ".dvcignore")
 
 
 def corpus() -> list[str]:
@@ -84,17 +82,14 @@ def tiny_llama_dir(tokenizer_dir, tmp_path_factory) -> Path:
 
 def make_project(root: Path, model_dir: Path | None = None, *, git: bool = True) -> Path:
     """A fresh TaskPrune project (params.yaml, dvc.yaml, DVC initialised) at ``root``."""
+    from taskprune.scaffold import init_project
+
+    if git:
+        return init_project(root, template=REPO)
     root.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         if (REPO / name).exists():
             shutil.copy(REPO / name, root / name)
-    if git:
-        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-        subprocess.run(["git", "config", "user.email", "test@example.com"], cwd=root, check=True)
-        subprocess.run(["git", "config", "user.name", "test"], cwd=root, check=True)
-        subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True)
-        subprocess.run(["git", "add", "-A"], cwd=root, check=True)
-        subprocess.run(["git", "commit", "-q", "-m", "project"], cwd=root, check=True)
     return root
 
 

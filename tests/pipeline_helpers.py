@@ -31,15 +31,23 @@ def dvc(project: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedP
     return run([sys.executable, "-m", "dvc", *args], project, timeout)
 
 
+def tiny_settings(model_dir: Path, task_file: Path, general_file: Path) -> dict[str, object]:
+    """params.yaml keys for a tiny local model, a local task file and a local general text file."""
+    return {"model.name": str(model_dir), "task.path": str(task_file), "calibration.general.source": "file",
+            "calibration.general.path": str(general_file), "calibration.num_samples": 4, "calibration.seq_len": 32,
+            "evaluate.perplexity_docs": 4, "evaluate.decode_tokens": 4, "evaluate.batch_size": 16}
+
+
+def write_task(path: Path, task_rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in task_rows))
+    return path
+
+
 def configure_tiny(project: Path, model_dir: Path, task_rows: list[dict], general_file: Path) -> None:
     """Point a project at a tiny local model, a local task file and a local general text file."""
-    task_file = project / "data" / "task.jsonl"
-    task_file.parent.mkdir(exist_ok=True)
-    task_file.write_text("".join(json.dumps(r) + "\n" for r in task_rows))
-    config.write_overrides(project / "params.yaml", [
-        f"model.name={model_dir}", "task.path=data/task.jsonl", "calibration.general.source=file",
-        f"calibration.general.path={general_file}", "calibration.num_samples=4", "calibration.seq_len=32",
-        "evaluate.perplexity_docs=4", "evaluate.decode_tokens=4", "evaluate.batch_size=16",
-    ])
+    write_task(project / "data" / "task.jsonl", task_rows)
+    settings = tiny_settings(model_dir, Path("data/task.jsonl"), general_file)
+    config.write_overrides(project / "params.yaml", [f"{k}={v}" for k, v in settings.items()])
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     subprocess.run(["git", "commit", "-q", "-m", "tiny setup"], cwd=project, check=True)
