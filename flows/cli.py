@@ -22,6 +22,9 @@ def run(
 ) -> None:
     """Run the whole pipeline as a Prefect flow; finished, unchanged stages are skipped."""
     from flows.pipeline import pipeline
+    from taskprune.secrets import install_log_filter
+
+    install_log_filter()  # Prefect's handlers exist now
 
     project = Project.find()
     preflight(project, list(overrides))  # fail on bad input in seconds, before Prefect starts

@@ -21,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.pipeline import pipeline
 from taskprune import env
 from taskprune.paths import Project
+from taskprune.secrets import install_log_filter
 from tasks.stages import pipeline_changes, validate_inputs
 
 
@@ -57,6 +58,7 @@ def record_run(project_root: str, entry: dict) -> None:
 @flow(name="taskprune-recurring")
 def recurring(project_root: str = "runs/default", settings: dict | None = None, promote: bool = True) -> dict:
     """Re-prune ``project_root`` with ``settings`` (params.yaml keys) if anything changed; promote by the rule."""
+    install_log_filter()
     root = ensure_project(project_root)
     env.apply(Project(Path(root)).state)
     validate_inputs(root, as_overrides(settings))  # writes the settings into params.yaml

@@ -11,6 +11,7 @@ import typer
 from taskprune import env
 from taskprune.errors import TaskPruneError
 from taskprune.paths import Project
+from taskprune.secrets import install_log_filter, redact
 from taskprune.stages import STAGES
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -121,8 +122,9 @@ def main(application: typer.Typer = app, argv: Optional[list[str]] = None) -> No
         env.apply(Project.find().state)
     except TaskPruneError:
         env.apply()
+    install_log_filter()
     try:
         application(args=argv)
     except TaskPruneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         sys.exit(2)

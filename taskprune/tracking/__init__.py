@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from taskprune.config import Params
+from taskprune.secrets import redact
 from taskprune.lowrank import is_factorized
 from taskprune.models.loading import load_local
 from taskprune.recovery import ADAPTER_DIR
@@ -110,7 +111,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
     run_name = f"{params.prune.label}-{params.prune.allocation}-{params.prune.pattern.replace(':', 'of')}-{params.prune.sparsity:g}-{task_label}"
     tags = {**lineage_tags, "task": task_label, "method": params.prune.label}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-        mlflow.log_params({k: str(v) for k, v in flatten(params.model_dump()).items()})
+        mlflow.log_params({k: redact(str(v)) for k, v in flatten(params.model_dump()).items()})
         for side in ("dense", "pruned", "recovered"):
             if side not in metrics:
                 continue
@@ -136,7 +137,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
         for stage, record in stage_records.items():  # one child run per stage, with its wall time
             with mlflow.start_run(run_name=stage, nested=True, experiment_id=experiment_id):
                 mlflow.log_metric("seconds", float(record.get("seconds", 0.0)))
-                mlflow.log_params({k: str(v) for k, v in record.items() if k not in ("seconds", "stage")})
+                mlflow.log_params({k: redact(str(v)) for k, v in record.items() if k not in ("seconds", "stage")})
         client = MlflowClient()
         if not _registered(client, name):
             client.create_registered_model(name, tags={"task": task_label},
@@ -154,7 +155,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
                 metrics["recovered"], "recovered", metrics["dense"])
         newest = result.get("recovered_version", version)
         client.set_registered_model_alias(name, CHALLENGER, newest)
-    return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri,
+    return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": redact(uri),
             "registered_model": name, **result}
 
 
@@ -166,17 +167,20 @@ def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str,
     if (model_dir / ADAPTER_DIR).is_dir() or is_factorized(model_dir):
         # a separate LoRA adapter, or FactorizedLinear modules (taskprune.load rebuilds them): logged as files
         mlflow.log_artifacts(str(model_dir), artifact)
-        model_uri = f"runs:/{run_id}/{artifact}"
+        model_uri, model_id = f"runs:/{run_id}/{artifact}", None
     else:  # components, not the checkpoint path: MLflow 3.17's path route breaks on transformers 5
         model, tokenizer, _adapter = load_local(model_dir)
-        model_uri = mlflow.transformers.log_model(
+        info = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer}, name=artifact, task="text-generation",
-            pip_requirements=["transformers", "torch", "safetensors"]).model_uri
+            pip_requirements=["transformers", "torch", "safetensors"])
+        # a REST server refuses a models:/ source without the logged model's id (a SQLite store does not ask)
+        model_uri, model_id = info.model_uri, info.model_id
     keys = ("task_accuracy", "perplexity", "bytes_on_disk", "nonzero_params")
     results = {**{f"{side}.{k}": str(block[k]) for k in keys},
                **{f"eval.{k}": str(block[k]) for k in keys},  # side-neutral names, read by the promotion rule
                **{f"dense.{k}": str(dense[k]) for k in keys}}
-    version = client.create_model_version(name=name, source=model_uri, run_id=run_id, tags={**tags, **results})
+    version = client.create_model_version(name=name, source=model_uri, run_id=run_id, tags={**tags, **results},
+                                          model_id=model_id)
     return str(version.version), model_uri
 
 

@@ -1,0 +1,124 @@
+"""The server configuration of infra/ as local processes: task data, MLflow artifacts and the DVC remote
+on S3 (a moto server), MLflow as a server with a SQLite backend and proxied S3 artifacts. One tiny
+`taskprune run` against them; then a DVC push/pull round trip; no credential in anything written.
+(Slow: about 3 minutes.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_project, make_tiny_model, write_general_text
+from pipeline_helpers import cli_env, tiny_settings
+from taskprune import config
+from taskprune.data import builtin
+from test_deployments import free_port, wait_for
+
+pytestmark = pytest.mark.slow
+SECRET = "Zx9-never-log-this-secret-4711"
+ACCESS_KEY = "AKIATASKPRUNETEST01"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def servers(tmp_path):
+    moto_port, mlflow_port = free_port(), free_port()
+    environment = {**cli_env(tmp_path), "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
+                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}"}
+    for key in [k for k in environment if k.startswith("PREFECT_API_URL")]:
+        environment.pop(key)
+    processes = [subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
+                                  env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        wait_for(f"http://127.0.0.1:{moto_port}/moto-api/", 60)
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=environment["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET)
+        s3.create_bucket(Bucket="taskprune")
+        server_env = {**environment, "MLFLOW_S3_ENDPOINT_URL": environment["AWS_ENDPOINT_URL"],
+                      "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        log = (tmp_path / "mlflow-server.log").open("w")
+        processes.append(subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+             "--artifacts-destination", "s3://taskprune/mlflow", "--host", "127.0.0.1", "--port", str(mlflow_port),
+             "--workers", "1"], env=server_env, stdout=log, stderr=subprocess.STDOUT))
+        wait_for(f"http://127.0.0.1:{mlflow_port}/health", 180)
+        yield environment, s3, f"http://127.0.0.1:{mlflow_port}"
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(30)
+
+
+def run(environment, project, *args, timeout=1200):
+    done = subprocess.run(list(args), cwd=project, env=environment, capture_output=True, text=True, timeout=timeout)
+    return done, done.stdout + done.stderr
+
+
+def test_run_against_mlflow_server_and_s3_then_dvc_push_pull(servers, tmp_path, tokenizer_dir):
+    environment, s3, mlflow_uri = servers
+    rows = [ex.to_row() for ex in builtin.sentiment(0)[:60]]
+    s3.put_object(Bucket="taskprune", Key="tasks/sentiment.jsonl", Body="".join(json.dumps(r) + "\n" for r in rows))
+    project = make_project(tmp_path / "project")
+    model = make_tiny_model("llama", tokenizer_dir, tmp_path / "model")
+    settings = {**tiny_settings(model, Path("unused"), write_general_text(tmp_path / "general.txt")),
+                "task.path": "s3://taskprune/tasks/sentiment.jsonl", "tracking.uri": mlflow_uri}
+    config.write_overrides(project / "params.yaml", [f"{k}={v}" for k, v in settings.items()])
+    logs = []
+
+    done, out = run(environment, project, str(BIN / "taskprune"), "run")
+    logs.append(out)
+    (tmp_path / "run.log").write_text(out)
+    assert done.returncode == 0, f"see {tmp_path / 'run.log'}"
+    metrics = json.loads((project / "metrics.json").read_text())
+    assert metrics["dense"]["test_examples"] == 42  # 60 rows from S3, 30 % calibration
+    registered = json.loads((project / "artifacts" / "register.json").read_text())
+    assert registered["tracking_uri"] == mlflow_uri and registered["version"] == "1"
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    version = client.get_model_version(registered["registered_model"], "1")
+    assert version.tags["eval.task_accuracy"] == str(metrics["pruned"]["task_accuracy"])
+    stored = [o["Key"] for o in s3.list_objects_v2(Bucket="taskprune", Prefix="mlflow/")["Contents"]]
+    assert any(key.endswith("model.safetensors") for key in stored), stored[:20]  # artifacts went to S3
+    local = client.download_artifacts(registered["run_id"], "metrics.json", str(tmp_path))  # proxied back
+    assert json.loads(Path(local).read_text())["pruned"] == metrics["pruned"]
+    run_data = client.get_run(registered["run_id"]).data
+    assert run_data.params["task.path"] == "s3://taskprune/tasks/sentiment.jsonl"
+
+    # DVC remote on the same S3: push, lose the cache and an output, pull them back
+    dvc = [sys.executable, "-m", "dvc"]
+    for args in (["remote", "add", "-d", "s3", "s3://taskprune/dvc"],
+                 ["remote", "modify", "s3", "endpointurl", environment["AWS_ENDPOINT_URL"]], ["push"]):
+        done, out = run(environment, project, *dvc, *args)
+        logs.append(out)
+        assert done.returncode == 0, out[-3000:]
+    assert s3.list_objects_v2(Bucket="taskprune", Prefix="dvc/")["KeyCount"] > 0
+    calib = (project / "artifacts" / "data" / "task_calib.jsonl").read_bytes()
+    shutil.rmtree(project / ".dvc" / "cache")
+    shutil.rmtree(project / "artifacts" / "data")
+    done, out = run(environment, project, *dvc, "pull", "prepare_data")
+    logs.append(out)
+    assert done.returncode == 0, out[-3000:]
+    assert (project / "artifacts" / "data" / "task_calib.jsonl").read_bytes() == calib
+
+    # a missing S3 key: one clear message naming it, no credential
+    config.write_overrides(project / "params.yaml", ["task.path=s3://taskprune/tasks/missing.jsonl"])
+    done, out = run(environment, project, str(BIN / "taskprune"), "run")
+    logs.append(out)
+    assert done.returncode == 2 and "s3://taskprune/tasks/missing.jsonl: cannot read S3 object: object does not exist" in out
+
+    # no credential in any output, any file the project wrote, or any MLflow param or tag
+    texts = logs + [p.read_text(errors="ignore") for p in project.rglob("*")
+                    if p.is_file() and ".dvc/cache" not in str(p) and p.suffix in (".json", ".jsonl", ".yaml", ".lock", ".md", ".txt", ".log")]
+    recorded = [*run_data.params.values(), *run_data.tags.values(), *version.tags.values()]
+    for text in texts + recorded:
+        assert SECRET not in text and ACCESS_KEY not in text
