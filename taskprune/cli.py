@@ -62,6 +62,33 @@ def init(
 
 
 @app.command()
+def report(
+    out: Annotated[str, typer.Option(help="Where to write the page")] = "report.html",
+    log: Annotated[bool, typer.Option(help="Also log it to the registered run in MLflow")] = True,
+) -> None:
+    """Write the last run's HTML report: results table, per-layer sparsity or rank, search and loss curves."""
+    from pathlib import Path
+
+    from taskprune.paths import read_json
+    from taskprune.stages import register
+
+    project, params = project_and_params()
+    if not project.metrics.exists():
+        raise TaskPruneError(f"{project.metrics}: no results yet; run `taskprune run` first")
+    target = Path(out) if Path(out).is_absolute() else project.root / out
+    target.write_text(register.report(params, project), encoding="utf-8")
+    print(f"report written to {target}")
+    if log and project.registration.is_file():
+        from mlflow import MlflowClient
+
+        from taskprune.tracking import tracking_uri
+
+        run_id = read_json(project.registration)["run_id"]
+        MlflowClient(tracking_uri=tracking_uri(params, project.state)).log_artifact(run_id, str(target))
+        print(f"logged to MLflow run {run_id} as {target.name}")
+
+
+@app.command()
 def show() -> None:
     """Print the results table of the last run (metrics.json)."""
     from taskprune.report import print_results

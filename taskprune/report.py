@@ -53,3 +53,79 @@ def results_table(metrics: dict) -> Table:
 
 def print_results(metrics: dict) -> None:
     Console().print(results_table(metrics))
+
+
+# -- the HTML report (taskprune report; also logged to MLflow by the register stage) -------------------
+HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>TaskPrune: {{ title }}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: .6em 0; } td, th { padding: .25em .8em; border-bottom: 1px solid #eee; }
+th { text-align: left; background: #f6f6f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+img { max-width: 100%; border: 1px solid #eee; margin: .4em 0; } .meta { color: #666; font-size: .9em; }
+</style></head><body>
+<h1>TaskPrune: {{ title }}</h1>
+<p class="meta">{{ subtitle }}</p>
+<h2>Results</h2>
+<table><tr><th>metric</th>{% for name in sides %}<th>{{ name }}</th>{% endfor %}</tr>
+{% for label, cells in rows %}<tr><td>{{ label }}</td>{% for c in cells %}<td class="num">{{ c }}</td>{% endfor %}</tr>
+{% endfor %}</table>
+{% if notes %}<ul>{% for n in notes %}<li>{{ n }}</li>{% endfor %}</ul>{% endif %}
+{% for caption, png in figures %}<h2>{{ caption }}</h2><img alt="{{ caption }}" src="data:image/png;base64,{{ png }}">
+{% endfor %}
+{% if front %}<h2>Pareto front (table)</h2>
+<table><tr>{% for k in front[0] %}<th>{{ k }}</th>{% endfor %}</tr>
+{% for p in front %}<tr>{% for k in front[0] %}<td class="num">{{ p[k] }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
+<h2>Stage times</h2>
+<table><tr><th>stage</th><th>seconds</th></tr>
+{% for stage, seconds in stages %}<tr><td>{{ stage }}</td><td class="num">{{ "%.1f"|format(seconds) }}</td></tr>{% endfor %}
+</table>
+</body></html>
+"""
+
+CAPTIONS = {"sparsity_per_layer": "Sparsity per layer", "reduction_per_matrix": "Parameters removed per matrix (rank)",
+            "exclusive_channels": "Task- and general-exclusive input channels",
+            "search_convergence": "Genetic search: convergence", "pareto_front": "Genetic search: Pareto front",
+            "recovery_loss": "LoRA recovery: loss"}
+
+
+def _png(figure) -> str:
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def html_report(metrics: dict, per_layer: dict, run_name: str, *, search: dict | None = None,
+                exclusive: dict | None = None, history: list[dict] | None = None,
+                registration: dict | None = None) -> str:
+    """One self-contained HTML page (figures inlined as PNG) for a run."""
+    import datetime as dt
+
+    from jinja2 import Environment
+
+    from taskprune.tracking.plots import run_figures
+
+    sides = [("dense", metrics["dense"]), ("pruned", metrics["pruned"])]
+    if "recovered" in metrics:
+        sides.append(("pruned + LoRA", metrics["recovered"]))
+    rows = [(label, ["n/a" if side.get(key) is None else fmt.format(side[key]) for _, side in sides])
+            for label, key, fmt in ROWS]
+    caption = results_table(metrics).caption or ""
+    notes = [line for line in caption.splitlines()[1:] if line]  # search and recovery lines
+    subtitle = f"method {metrics['method']}, task {metrics['task']}; report written " \
+               f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    if registration:
+        subtitle += (f"; registered as {registration['registered_model']} version "
+                     f"{registration.get('recovered_version', registration['version'])}, MLflow run {registration['run_id']}")
+    figures = [(CAPTIONS.get(path.split("/")[-1][:-4], path), _png(fig))
+               for path, fig in run_figures(run_name, per_layer, search, exclusive, history).items()]
+    return Environment(autoescape=True).from_string(HTML).render(
+        title=run_name, subtitle=subtitle, sides=[name for name, _ in sides], rows=rows, notes=notes, figures=figures,
+        front=(search or {}).get("front"), stages=list(metrics.get("stage_seconds", {}).items()))

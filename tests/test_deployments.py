@@ -49,6 +49,7 @@ def prefect_server(tmp_path):
                        DO_NOT_TRACK="true", PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
                        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
                        PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="30",
+                       TASKPRUNE_CODE=str(REPO),  # prefect.yaml's pull step, read by the worker
                        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],

@@ -38,3 +38,7 @@ def test_default_run_then_rerun_skips_everything(tmp_path):
     assert "promotion: taskprune-capital version 1: kept (accuracy" in second.stdout, second.stdout[-3000:]
     listed = taskprune(project, "models")
     assert listed.returncode == 0 and "rejected" in listed.stdout and "challenger" in listed.stdout
+    report = taskprune(project, "report")
+    assert report.returncode == 0 and "logged to MLflow run" in report.stdout, report.stderr[-2000:]
+    page = (project / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 2 and "taskprune-capital version 1" in page

@@ -9,7 +9,8 @@ import yaml
 from taskprune.config import Params
 from taskprune.paths import Project, StageTimer, read_json, write_json
 from taskprune.stages.evaluate import stage_records
-from taskprune.tracking import register_result
+from taskprune.report import html_report
+from taskprune.tracking import register_result, run_name_of
 
 LINEAGE_OUTS = {"data": ("prepare_data", "artifacts/data"), "masks": ("score", "artifacts/masks"),
                 "stats": ("calibrate", "artifacts/stats"), "search": ("search", "artifacts/search")}
@@ -37,23 +38,43 @@ def lineage_hashes(project: Project) -> dict[str, str]:
     return hashes
 
 
-def run(params: Params, project: Project) -> None:
-    timer = StageTimer(project, "register")
+def run_inputs(params: Params, project: Project) -> dict:
+    """What the MLflow run and the HTML report are made of, read from the stage outputs."""
     metrics = read_json(project.metrics)
     masks = read_json(project.mask_dir / "masks.json")
     search = read_json(project.search / "allocation.json") if (project.search / "allocation.json").is_file() else {}
+    recovered = "recovered" in metrics
+    return {"metrics": metrics, "per_layer": masks["per_layer"], "exclusive": masks.get("exclusive"),
+            "search": search if search.get("enabled") else None,
+            "history": read_json(project.recovered_model / "train_log.json") if recovered else None,
+            "run_name": run_name_of(params, metrics["task"])}
+
+
+def report(params: Params, project: Project) -> str:
+    """The run's HTML report (taskprune report; the register stage logs it to MLflow)."""
+    inputs = run_inputs(params, project)
+    registration = read_json(project.registration) if project.registration.is_file() else None
+    return html_report(inputs["metrics"], inputs["per_layer"], inputs["run_name"], search=inputs["search"],
+                       exclusive=inputs["exclusive"], history=inputs["history"], registration=registration)
+
+
+def run(params: Params, project: Project) -> None:
+    timer = StageTimer(project, "register")
+    inputs = run_inputs(params, project)
+    metrics = inputs["metrics"]
     tags = {"git_commit": git_commit(project), **lineage_hashes(project),
             "sparsity": str(params.prune.sparsity), "pattern": params.prune.pattern, "stats": params.prune.stats,
             "allocation": params.prune.allocation}
     result = register_result(
         params=params, state_dir=project.state, task_label=metrics["task"], metrics=metrics,
-        per_layer=masks["per_layer"], stage_records=stage_records(project), model_dir=project.pruned_model,
+        per_layer=inputs["per_layer"], stage_records=stage_records(project), model_dir=project.pruned_model,
         artifacts=[project.metrics, project.mask_dir / "masks.json", project.search / "allocation.json",
                    project.dvc_lock, project.params_file],
-        lineage_tags=tags, exclusive=masks.get("exclusive"),
+        lineage_tags=tags, exclusive=inputs["exclusive"],
         recovered_dir=project.recovered_model if "recovered" in metrics else None,
-        history=read_json(project.recovered_model / "train_log.json") if "recovered" in metrics else None,
-        search=search if search.get("enabled") else None)
+        history=inputs["history"], search=inputs["search"],
+        report_html=html_report(metrics, inputs["per_layer"], inputs["run_name"], search=inputs["search"],
+                                exclusive=inputs["exclusive"], history=inputs["history"]))
     write_json(project.registration, result)
     timer.done(version=result["version"])
     print(f"registered {result['registered_model']} version {result['version']}, run {result['run_id']} "

@@ -12,6 +12,7 @@ from typing import Any
 
 from taskprune.config import Params
 from taskprune.secrets import redact
+from taskprune.tracking.plots import run_figures, run_name_of
 from taskprune.lowrank import is_factorized
 from taskprune.models.loading import load_local
 from taskprune.recovery import ADAPTER_DIR
@@ -47,58 +48,11 @@ def ensure_experiment(mlflow, name: str, uri: str, state_dir: Path) -> str:
     return mlflow.create_experiment(name, artifact_location=location)
 
 
-def sparsity_figure(per_layer: dict[str, float], title: str, label: str = "sparsity (fraction of weights zeroed)"):
-    """Heatmap of achieved sparsity (or sieve's parameter reduction): decoder layer (x) by linear module (y)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    layers = sorted({int(key.split(".", 1)[0]) for key in per_layer})
-    modules = list(dict.fromkeys(key.split(".", 1)[1] for key in per_layer))  # model order
-    grid = np.full((len(modules), len(layers)), np.nan)
-    for key, value in per_layer.items():
-        layer, module = key.split(".", 1)
-        grid[modules.index(module), layers.index(int(layer))] = value
-    fig, ax = plt.subplots(figsize=(max(6, 0.32 * len(layers) + 3), 0.45 * len(modules) + 1.6))
-    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-    ax.set_xticks(range(len(layers)), [str(i) for i in layers], fontsize=7)
-    ax.set_yticks(range(len(modules)), modules, fontsize=8)
-    ax.set_xlabel("decoder layer")
-    fig.colorbar(image, ax=ax, label=label)
-    mean = float(np.nanmean(grid))
-    ax.set_title(f"{title}\nmean {mean:.3f}, min {np.nanmin(grid):.3f}, max {np.nanmax(grid):.3f}", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def exclusive_figure(exclusive: dict[str, dict[str, float]], title: str):
-    """Share of input channels exclusive to the task and to general text, per decoder layer."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    layers = sorted({int(k.split(".", 1)[0]) for k in exclusive})
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    for side, colour in (("task", "#d1495b"), ("general", "#3b75af")):
-        means = [sum(v[side] for k, v in exclusive.items() if int(k.split(".", 1)[0]) == layer)
-                 / sum(1 for k in exclusive if int(k.split(".", 1)[0]) == layer) for layer in layers]
-        ax.plot(layers, means, marker="o", ms=3, color=colour, label=f"{side}-exclusive")
-    ax.set_xlabel("decoder layer")
-    ax.set_ylabel("share of input channels")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
 def register_result(*, params: Params, state_dir: Path, task_label: str, metrics: dict, per_layer: dict[str, float],
                     stage_records: dict[str, dict], model_dir: Path, artifacts: list[Path],
                     lineage_tags: dict[str, str], exclusive: dict[str, dict[str, float]] | None = None,
                     recovered_dir: Path | None = None, history: list[dict] | None = None,
-                    search: dict | None = None) -> dict:
+                    search: dict | None = None, report_html: str | None = None) -> dict:
     """Log the run (params, metrics, plot, files, child run per stage) and register the model as a new
     version with alias ``challenger``. Returns ids for ``register.json``."""
     import mlflow
@@ -108,7 +62,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
     mlflow.set_tracking_uri(uri)
     experiment_id = ensure_experiment(mlflow, params.tracking.experiment, uri, state_dir)
     name = registered_name(params, task_label)
-    run_name = f"{params.prune.label}-{params.prune.allocation}-{params.prune.pattern.replace(':', 'of')}-{params.prune.sparsity:g}-{task_label}"
+    run_name = run_name_of(params, task_label)
     tags = {**lineage_tags, "task": task_label, "method": params.prune.label}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params({k: redact(str(v)) for k, v in flatten(params.model_dump()).items()})
@@ -118,19 +72,14 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
             mlflow.log_metrics({f"{side}.{k}": float(v) for k, v in metrics[side].items()
                                 if isinstance(v, (int, float))})
         mlflow.log_metric("run_seconds", float(metrics["run_seconds"]))
-        if search and search.get("kind") == "lowrank":
-            mlflow.log_figure(sparsity_figure(search["matrix_reduction"], f"{run_name}: parameters removed per matrix",
-                                              "share of the matrix's parameters removed"),
-                              "plots/reduction_per_matrix.png")
-        else:
-            mlflow.log_figure(sparsity_figure(per_layer, f"{run_name}: sparsity per layer"),
-                              "plots/sparsity_per_layer.png")
+        for path, figure in run_figures(run_name, per_layer, search, exclusive, history).items():
+            mlflow.log_figure(figure, path)
+        if not (search and search.get("kind") == "lowrank"):
             mlflow.log_dict(per_layer, "sparsity_per_layer.json")
         if search and search.get("history"):
-            _log_search(MlflowClient(), run.info.run_id, search, run_name)
-        if exclusive:
-            mlflow.log_figure(exclusive_figure(exclusive, f"{run_name}: exclusive channels"),
-                              "plots/exclusive_channels.png")
+            _log_search(MlflowClient(), run.info.run_id, search)
+        if report_html:
+            mlflow.log_text(report_html, "report.html")
         for path in artifacts:
             if path.exists():
                 mlflow.log_artifact(str(path))
@@ -147,7 +96,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
         result = {"version": version, "model_uri": model_uri}
         if recovered_dir is not None and "recovered" in metrics:
             if history:
-                _log_loss_curve(client, run.info.run_id, history, run_name)
+                _log_loss_curve(client, run.info.run_id, history)
             recovered_tags = {**tags, "recovered": "true", "parent_version": version,
                               "recover.merge": str(metrics["recovery"]["merge"])}
             result["recovered_version"], result["recovered_model_uri"] = _new_version(
@@ -184,68 +133,30 @@ def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str,
     return str(version.version), model_uri
 
 
-def _log_loss_curve(client, run_id: str, history: list[dict], title: str) -> None:
+def _log_loss_curve(client, run_id: str, history: list[dict]) -> None:
     import time
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import mlflow
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     metrics = [Metric("recover.loss", float(h["loss"]), now, int(h["step"])) for h in history]
     for start in range(0, len(metrics), 500):
         client.log_batch(run_id, metrics=metrics[start:start + 500])
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (answer tokens)")
-    ax.set_title(f"{title}: LoRA recovery", fontsize=9)
-    fig.tight_layout()
-    mlflow.log_figure(fig, "plots/recovery_loss.png")
 
 
-def _log_search(client, run_id: str, search: dict, title: str) -> None:
-    """Convergence curve (best and mean fitness per generation), and with a Pareto front its plot and table."""
+def _log_search(client, run_id: str, search: dict) -> None:
+    """Fitness per generation as metrics, and the Pareto front as a table (the plots come with run_figures)."""
     import time
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import mlflow
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    history = search["history"]
     client.log_batch(run_id, metrics=[Metric(f"search.{k}_fitness", float(h[k]), now, int(h["generation"]))
-                                      for h in history for k in ("best", "mean")])
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot([h["generation"] for h in history], [h["best"] for h in history], marker="o", ms=3, label="best")
-    ax.plot([h["generation"] for h in history], [h["mean"] for h in history], lw=1, label="population mean")
-    if search.get("uniform_fitness") is not None:
-        ax.axhline(search["uniform_fitness"], color="grey", ls="--", lw=1, label="uniform allocation")
-    ax.set_xlabel("generation")
-    ax.set_ylabel(f"fitness ({search.get('fitness', 'loglik')})")
-    ax.set_title(f"{title}: genetic search", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    mlflow.log_figure(fig, "plots/search_convergence.png")
+                                      for h in search["history"] for k in ("best", "mean")])
     if search.get("front"):
         front = search["front"]
         mlflow.log_table({key: [p.get(key) for p in front] for key in front[0]}, "search/pareto_front.json")
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([p["size_fraction"] for p in front], [p["fitness"] for p in front], marker="o")
-        chosen = 1 - search["reduction"]
-        ax.axvline(chosen, color="red", ls="--", lw=1, label=f"chosen ({chosen:.2f} of dense)")
-        ax.set_xlabel("size (fraction of the dense decoder linears)")
-        ax.set_ylabel("fitness")
-        ax.set_title(f"{title}: Pareto front", fontsize=9)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        mlflow.log_figure(fig, "plots/pareto_front.png")
 
 
 def _registered(client, name: str) -> bool:

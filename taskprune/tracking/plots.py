@@ -1,0 +1,127 @@
+"""The figures of a run, made once and used twice: logged to MLflow (tracking) and embedded in the HTML
+report (taskprune.report). Matplotlib with the Agg backend; every function returns a figure."""
+
+from __future__ import annotations
+
+from taskprune.config import Params
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def run_name_of(params: Params, task_label: str) -> str:
+    prune = params.prune
+    return f"{prune.label}-{prune.allocation}-{prune.pattern.replace(':', 'of')}-{prune.sparsity:g}-{task_label}"
+
+
+def sparsity_figure(per_layer: dict[str, float], title: str, label: str = "sparsity (fraction of weights zeroed)"):
+    """Heatmap of achieved sparsity (or sieve's parameter reduction): decoder layer (x) by linear module (y)."""
+    plt = _pyplot()
+    import numpy as np
+
+    layers = sorted({int(key.split(".", 1)[0]) for key in per_layer})
+    modules = list(dict.fromkeys(key.split(".", 1)[1] for key in per_layer))  # model order
+    grid = np.full((len(modules), len(layers)), np.nan)
+    for key, value in per_layer.items():
+        layer, module = key.split(".", 1)
+        grid[modules.index(module), layers.index(int(layer))] = value
+    fig, ax = plt.subplots(figsize=(max(6, 0.32 * len(layers) + 3), 0.45 * len(modules) + 1.6))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(layers)), [str(i) for i in layers], fontsize=7)
+    ax.set_yticks(range(len(modules)), modules, fontsize=8)
+    ax.set_xlabel("decoder layer")
+    fig.colorbar(image, ax=ax, label=label)
+    mean = float(np.nanmean(grid))
+    ax.set_title(f"{title}\nmean {mean:.3f}, min {np.nanmin(grid):.3f}, max {np.nanmax(grid):.3f}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def exclusive_figure(exclusive: dict[str, dict[str, float]], title: str):
+    """Share of input channels exclusive to the task and to general text, per decoder layer."""
+    plt = _pyplot()
+
+    layers = sorted({int(k.split(".", 1)[0]) for k in exclusive})
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for side, colour in (("task", "#d1495b"), ("general", "#3b75af")):
+        means = [sum(v[side] for k, v in exclusive.items() if int(k.split(".", 1)[0]) == layer)
+                 / sum(1 for k in exclusive if int(k.split(".", 1)[0]) == layer) for layer in layers]
+        ax.plot(layers, means, marker="o", ms=3, color=colour, label=f"{side}-exclusive")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("share of input channels")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def loss_figure(history: list[dict], title: str):
+    """LoRA recovery: training loss per step."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (answer tokens)")
+    ax.set_title(f"{title}: LoRA recovery", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def convergence_figure(search: dict, title: str):
+    """Genetic search: best and mean fitness per generation, and the uniform allocation's."""
+    plt = _pyplot()
+    history = search["history"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot([h["generation"] for h in history], [h["best"] for h in history], marker="o", ms=3, label="best")
+    ax.plot([h["generation"] for h in history], [h["mean"] for h in history], lw=1, label="population mean")
+    if search.get("uniform_fitness") is not None:
+        ax.axhline(search["uniform_fitness"], color="grey", ls="--", lw=1, label="uniform allocation")
+    ax.set_xlabel("generation")
+    ax.set_ylabel(f"fitness ({search.get('fitness', 'loglik')})")
+    ax.set_title(f"{title}: genetic search", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def pareto_figure(search: dict, title: str):
+    """NSGA-II front: fitness against size, with the chosen operating point."""
+    plt = _pyplot()
+    front = search["front"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p["size_fraction"] for p in front], [p["fitness"] for p in front], marker="o")
+    chosen = 1 - search["reduction"]
+    ax.axvline(chosen, color="red", ls="--", lw=1, label=f"chosen ({chosen:.2f} of dense)")
+    ax.set_xlabel("size (fraction of the dense decoder linears)")
+    ax.set_ylabel("fitness")
+    ax.set_title(f"{title}: Pareto front", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def run_figures(run_name: str, per_layer: dict[str, float], search: dict | None = None,
+                exclusive: dict | None = None, history: list[dict] | None = None) -> dict:
+    """Artifact path -> figure, for every plot this run has."""
+    figures = {}
+    if search and search.get("kind") == "lowrank":
+        figures["plots/reduction_per_matrix.png"] = sparsity_figure(
+            search["matrix_reduction"], f"{run_name}: parameters removed per matrix",
+            "share of the matrix's parameters removed")
+    else:
+        figures["plots/sparsity_per_layer.png"] = sparsity_figure(per_layer, f"{run_name}: sparsity per layer")
+    if exclusive:
+        figures["plots/exclusive_channels.png"] = exclusive_figure(exclusive, f"{run_name}: exclusive channels")
+    if search and search.get("history"):
+        figures["plots/search_convergence.png"] = convergence_figure(search, run_name)
+        if search.get("front"):
+            figures["plots/pareto_front.png"] = pareto_figure(search, run_name)
+    if history:
+        figures["plots/recovery_loss.png"] = loss_figure(history, run_name)
+    return figures

@@ -1,0 +1,79 @@
+"""The HTML report: one self-contained page with the results table, the run's plots and the Pareto table."""
+
+from __future__ import annotations
+
+import base64
+import io
+from html.parser import HTMLParser
+
+from PIL import Image
+
+from taskprune.report import html_report
+
+SIDE = {"task_accuracy": 0.5, "perplexity": 10.0, "params": 100, "nonzero_params": 50, "decoder_linear_params": 80,
+        "bytes_on_disk": 400, "tokens_per_s": 12.0, "chance_accuracy": 0.25}
+
+
+class Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.cells, self.headings, self._in = [], [], [], None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs))
+        self._in = tag
+
+    def handle_data(self, data):
+        if self._in in ("td", "th") and data.strip():
+            self.cells.append(data.strip())
+        if self._in in ("h1", "h2") and data.strip():
+            self.headings.append(data.strip())
+
+
+def parse(html: str) -> Page:
+    page = Page()
+    page.feed(html)
+    return page
+
+
+def decoded_sizes(page: Page) -> list[tuple[int, int]]:
+    sizes = []
+    for image in page.images:
+        head, _, data = image["src"].partition(",")
+        assert head == "data:image/png;base64"
+        sizes.append(Image.open(io.BytesIO(base64.b64decode(data))).size)
+    return sizes
+
+
+def test_sparsity_run_report_has_table_heatmap_loss_curve_and_stage_times():
+    metrics = {"task": "capital", "method": "task_aware+wanda", "dense": SIDE, "pruned": {**SIDE, "sparsity": 0.5},
+               "recovered": {**SIDE, "task_accuracy": 0.6}, "run_seconds": 9.0,
+               "stage_seconds": {"calibrate": 2.0, "score": 1.0},
+               "recovery": {"steps": 2, "first_loss": 3.0, "final_loss": 2.0, "minutes": 0.1, "merge": True}}
+    per_layer = {f"{i}.mlp.up_proj": 0.5 for i in range(3)}
+    html = html_report(metrics, per_layer, "wanda-<run>", history=[{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}],
+                       exclusive={f"{i}.mlp.up_proj": {"task": 0.1, "general": 0.05} for i in range(3)})
+    page = parse(html)
+    assert "wanda-&lt;run&gt;" in html  # names are escaped
+    assert ["dense", "pruned", "pruned + LoRA"] == page.cells[1:4]
+    assert "0.6000" in page.cells and "calibrate" in page.cells
+    assert {"Sparsity per layer", "LoRA recovery: loss", "Task- and general-exclusive input channels"} <= set(page.headings)
+    assert len(page.images) == 3 and all(w > 300 and h > 150 for w, h in decoded_sizes(page))
+    assert "LoRA recovery: 2 steps" in html
+
+
+def test_sieve_report_has_rank_map_convergence_and_pareto_table():
+    search = {"enabled": True, "kind": "lowrank", "reduction": 0.4, "fitness": "loglik", "uniform_fitness": -3.0,
+              "objective": "pareto", "generations": 2, "best_fitness": -2.0,
+              "matrix_reduction": {f"{i}.self_attn.q_proj": 0.4 for i in range(2)},
+              "history": [{"generation": 1, "best": -2.5, "mean": -3.0}, {"generation": 2, "best": -2.0, "mean": -2.4}],
+              "front": [{"cost": 10, "size_fraction": 0.3, "fitness": -4.0},
+                        {"cost": 20, "size_fraction": 0.6, "fitness": -2.0}]}
+    metrics = {"task": "capital", "method": "sieve", "dense": SIDE, "pruned": SIDE, "run_seconds": 1.0, "search": search}
+    page = parse(html_report(metrics, {}, "sieve-run", search=search,
+                             registration={"registered_model": "m", "version": "3", "run_id": "abc"}))
+    assert {"Parameters removed per matrix (rank)", "Genetic search: convergence", "Genetic search: Pareto front",
+            "Pareto front (table)"} <= set(page.headings)
+    assert len(decoded_sizes(page)) == 3
+    assert {"size_fraction", "0.3", "-4.0"} <= set(page.cells)
