@@ -128,4 +128,11 @@ def html_report(metrics: dict, per_layer: dict, run_name: str, *, search: dict |
                for path, fig in run_figures(run_name, per_layer, search, exclusive, history).items()]
     return Environment(autoescape=True).from_string(HTML).render(
         title=run_name, subtitle=subtitle, sides=[name for name, _ in sides], rows=rows, notes=notes, figures=figures,
-        front=(search or {}).get("front"), stages=list(metrics.get("stage_seconds", {}).items()))
+        front=(search or {}).get("front"), stages=sorted(metrics.get("stage_seconds", {}).items(), key=_pipeline_order))
+
+
+def _pipeline_order(item: tuple[str, float]) -> tuple[int, str]:
+    from taskprune.stages import STAGES
+
+    base = item[0].split("_")[0] if item[0].startswith("evaluate") else item[0]
+    return (STAGES.index(base) if base in STAGES else len(STAGES), item[0])
