@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from taskprune.paths import Project, read_json
+from taskprune.paths import Project, read_json, run_lock
 from tasks.stages import PIPELINE, promote_challenger, run_stage, task_source_changed, validate_inputs
 
 
@@ -15,6 +15,11 @@ def pipeline(project_root: str, overrides: list[str] | None = None, promote: boo
     """Validate inputs, then run every stage through DVC (unchanged stages are skipped); then apply the
     promotion rule when ``promote`` is true (default: params.yaml ``promote.auto``)."""
     project = Project(Path(project_root))
+    with run_lock(project):
+        return _run(project, project_root, overrides, promote)
+
+
+def _run(project: Project, project_root: str, overrides: list[str] | None, promote: bool | None) -> dict:
     validate_inputs(project_root, overrides or [])
     reread_task = task_source_changed(project_root)
     outcome = {}

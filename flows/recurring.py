@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.pipeline import pipeline
 from taskprune import env
-from taskprune.paths import Project
+from taskprune.paths import Project, run_lock
 from taskprune.secrets import install_log_filter
 from tasks.stages import pipeline_changes, validate_inputs
 
@@ -61,6 +61,11 @@ def recurring(project_root: str = "runs/default", settings: dict | None = None, 
     install_log_filter()
     root = ensure_project(project_root)
     env.apply(Project(Path(root)).state)
+    with run_lock(Project(Path(root))):
+        return _recur(root, settings, promote)
+
+
+def _recur(root: str, settings: dict | None, promote: bool) -> dict:
     validate_inputs(root, as_overrides(settings))  # writes the settings into params.yaml
     changed = pipeline_changes(root)
     entry = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "changed": changed}

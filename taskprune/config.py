@@ -275,7 +275,7 @@ def validate(raw: dict, source: str) -> Params:
             message = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = "unknown parameter (check the spelling; see params.yaml for the known keys)"
-            shown = "" if err["type"] == "missing" else f" (got {err.get('input')!r})"
+            shown = "" if err["type"] == "missing" or isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
             lines.append(f"  {where}: {message}{shown}")
         raise TaskPruneError(f"{source}: invalid parameters\n" + "\n".join(lines)) from None
 

@@ -59,6 +59,7 @@ class Project:
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces ``target`` only if the block succeeds."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -72,6 +73,24 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         target.rename(old)
     tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Temporary siblings of ``target`` left by a process that was killed (kill -9, power loss)."""
+    for leftover in target.parent.glob(f".{target.name}.*-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -104,3 +123,35 @@ class StageTimer:
         record = {"stage": self.name, "seconds": self.seconds(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
         write_json(self.project.timings / f"{self.name}.json", record)
         return record
+
+
+_HELD: dict[Path, int] = {}  # project lock file -> depth, for re-entry in one process (recurring -> pipeline)
+
+
+@contextlib.contextmanager
+def run_lock(project: Project) -> Iterator[None]:
+    """One pipeline run at a time per project: a second one, from any process on this machine, stops at
+    once with a clear message instead of interleaving its stages, params and registrations with the first."""
+    from filelock import FileLock, Timeout
+
+    path = (project.state / "locks" / "run.lock").resolve()
+    if _HELD.get(path):
+        _HELD[path] += 1
+        try:
+            yield
+        finally:
+            _HELD[path] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise TaskPruneError(f"{project.root}: another TaskPrune run is using this project (lock {path}); "
+                             "wait for it to finish, or use another project directory (taskprune init)") from None
+    _HELD[path] = 1
+    try:
+        yield
+    finally:
+        _HELD.pop(path, None)
+        lock.release()

@@ -35,11 +35,11 @@ class MaskResult:
 
 
 def load_side_stats(path) -> SideStats:
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as fh:
-        tokens = int(fh.metadata()["tokens"])
+    from taskprune import tensorfile
+
+    tokens = int(tensorfile.read_metadata(path)["tokens"])
     return SideStats(load_file(str(path)), tokens)
 
 

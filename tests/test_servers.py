@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,35 +27,69 @@ ACCESS_KEY = "AKIATASKPRUNETEST01"
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture
-def servers(tmp_path):
-    moto_port, mlflow_port = free_port(), free_port()
-    environment = {**cli_env(tmp_path), "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
-                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}"}
-    for key in [k for k in environment if k.startswith("PREFECT_API_URL")]:
-        environment.pop(key)
-    processes = [subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
-                                  env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        wait_for(f"http://127.0.0.1:{moto_port}/moto-api/", 60)
+class Servers:
+    """A moto S3 server with a bucket, and an MLflow server (SQLite backend, S3 artifacts) that can be
+    stopped and started again on the same port."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path, self.moto_port, self.mlflow_port = tmp_path, free_port(), free_port()
+        self.environment = {**cli_env(tmp_path), "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
+                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.moto_port}",
+                            # fail fast when the server is down (MLflow's own retries with backoff: 2 here)
+                            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+        self.environment.pop("PREFECT_API_URL", None)
+        self.uri = f"http://127.0.0.1:{self.mlflow_port}"
+        self.moto = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.moto_port)],
+                                     env=self.environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.mlflow = None
+        wait_for(f"http://127.0.0.1:{self.moto_port}/moto-api/", 60)
         import boto3
 
-        s3 = boto3.client("s3", endpoint_url=environment["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                          aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET)
-        s3.create_bucket(Bucket="taskprune")
-        server_env = {**environment, "MLFLOW_S3_ENDPOINT_URL": environment["AWS_ENDPOINT_URL"],
+        self.s3 = boto3.client("s3", endpoint_url=self.environment["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                               aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET)
+        self.s3.create_bucket(Bucket="taskprune")
+        self.start_mlflow()
+
+    def start_mlflow(self) -> None:
+        server_env = {**self.environment, "MLFLOW_S3_ENDPOINT_URL": self.environment["AWS_ENDPOINT_URL"],
                       "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        log = (tmp_path / "mlflow-server.log").open("w")
-        processes.append(subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-             "--artifacts-destination", "s3://taskprune/mlflow", "--host", "127.0.0.1", "--port", str(mlflow_port),
-             "--workers", "1"], env=server_env, stdout=log, stderr=subprocess.STDOUT))
-        wait_for(f"http://127.0.0.1:{mlflow_port}/health", 180)
-        yield environment, s3, f"http://127.0.0.1:{mlflow_port}"
+        log = (self.tmp_path / "mlflow-server.log").open("a")
+        self.mlflow = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.tmp_path / 'mlflow.db'}",
+             "--artifacts-destination", "s3://taskprune/mlflow", "--host", "127.0.0.1", "--port", str(self.mlflow_port),
+             "--workers", "1"], env=server_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(f"{self.uri}/health", 180)
+
+    def stop_mlflow(self) -> None:
+        os.killpg(self.mlflow.pid, signal.SIGTERM)  # the server and its workers
+        self.mlflow.wait(60)
+
+    def close(self) -> None:
+        if self.mlflow.poll() is None:
+            self.stop_mlflow()
+        self.moto.terminate()
+        self.moto.wait(30)
+
+
+@pytest.fixture
+def servers(tmp_path):
+    started = Servers(tmp_path)
+    try:
+        yield started
     finally:
-        for process in reversed(processes):
-            process.terminate()
-            process.wait(30)
+        started.close()
+
+
+def tiny_project_on_servers(servers: Servers, tmp_path: Path, tokenizer_dir) -> Path:
+    rows = [ex.to_row() for ex in builtin.sentiment(0)[:60]]
+    servers.s3.put_object(Bucket="taskprune", Key="tasks/sentiment.jsonl",
+                          Body="".join(json.dumps(r) + "\n" for r in rows))
+    project = make_project(tmp_path / "project")
+    model = make_tiny_model("llama", tokenizer_dir, tmp_path / "model")
+    settings = {**tiny_settings(model, Path("unused"), write_general_text(tmp_path / "general.txt")),
+                "task.path": "s3://taskprune/tasks/sentiment.jsonl", "tracking.uri": servers.uri}
+    config.write_overrides(project / "params.yaml", [f"{k}={v}" for k, v in settings.items()])
+    return project
 
 
 def run(environment, project, *args, timeout=1200):
@@ -63,14 +98,8 @@ def run(environment, project, *args, timeout=1200):
 
 
 def test_run_against_mlflow_server_and_s3_then_dvc_push_pull(servers, tmp_path, tokenizer_dir):
-    environment, s3, mlflow_uri = servers
-    rows = [ex.to_row() for ex in builtin.sentiment(0)[:60]]
-    s3.put_object(Bucket="taskprune", Key="tasks/sentiment.jsonl", Body="".join(json.dumps(r) + "\n" for r in rows))
-    project = make_project(tmp_path / "project")
-    model = make_tiny_model("llama", tokenizer_dir, tmp_path / "model")
-    settings = {**tiny_settings(model, Path("unused"), write_general_text(tmp_path / "general.txt")),
-                "task.path": "s3://taskprune/tasks/sentiment.jsonl", "tracking.uri": mlflow_uri}
-    config.write_overrides(project / "params.yaml", [f"{k}={v}" for k, v in settings.items()])
+    environment, s3, mlflow_uri = servers.environment, servers.s3, servers.uri
+    project = tiny_project_on_servers(servers, tmp_path, tokenizer_dir)
     logs = []
 
     done, out = run(environment, project, str(BIN / "taskprune"), "run")
@@ -122,3 +151,33 @@ def test_run_against_mlflow_server_and_s3_then_dvc_push_pull(servers, tmp_path, 
     recorded = [*run_data.params.values(), *run_data.tags.values(), *version.tags.values()]
     for text in texts + recorded:
         assert SECRET not in text and ACCESS_KEY not in text
+
+
+def test_mlflow_down_at_register_then_back_registers_once(servers, tmp_path, tokenizer_dir):
+    """The tracking server dies before registration: the stage fails after MLflow's retries with a clear
+    message, every other output stays; once the server is back `taskprune stage register` finishes the
+    job, and registering the same result again reuses the version instead of adding one."""
+    project = tiny_project_on_servers(servers, tmp_path, tokenizer_dir)
+    dvc = [sys.executable, "-m", "dvc"]
+    done, out = run(servers.environment, project, *dvc, "repro", "evaluate_recovered")
+    assert done.returncode == 0, out[-3000:]
+    servers.stop_mlflow()
+    done, out = run(servers.environment, project, *dvc, "repro", "register")
+    assert done.returncode != 0
+    assert f"MLflow at {servers.uri} failed after retries" in out and "taskprune stage register" in out, out[-3000:]
+    assert "Traceback" not in out and (project / "metrics.json").is_file()
+    assert not (project / "artifacts" / "register.json").exists()
+
+    servers.start_mlflow()
+    done, out = run(servers.environment, project, *dvc, "repro", "register")
+    assert done.returncode == 0, out[-3000:]
+    first = json.loads((project / "artifacts" / "register.json").read_text())
+    (project / "artifacts" / "register.json").unlink()  # as if killed after registering, before writing it
+    done, out = run(servers.environment, project, str(BIN / "taskprune"), "stage", "register")
+    assert done.returncode == 0 and "already registered (an earlier attempt): reusing" in out, out[-3000:]
+    again = json.loads((project / "artifacts" / "register.json").read_text())
+    assert again["version"] == first["version"] == "1" and again["run_id"] == first["run_id"]
+    from mlflow import MlflowClient
+
+    versions = MlflowClient(tracking_uri=servers.uri).search_model_versions(f"name='{first['registered_model']}'")
+    assert len(versions) == 1

@@ -242,26 +242,22 @@ def collect_input_square_sums(model: nn.Module, adapter: ModelAdapter, input_ids
     return (stats, second) if moments else stats
 
 
-def save_moments(path, moments: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def save_moments(path, moments: dict[str, torch.Tensor], metadata: dict) -> None:
     """Second moments to safetensors, each distinct tensor once (``shared`` maps every key to its stored key)."""
-    import json
-
-    from safetensors.torch import save_file
+    from taskprune import tensorfile
 
     stored: dict[int, str] = {}
     shared = {key: stored.setdefault(id(tensor), key) for key, tensor in moments.items()}
-    save_file({key: moments[key].contiguous() for key in set(shared.values())}, str(path),
-              metadata={**metadata, "shared": json.dumps(shared)})
+    tensorfile.save({key: moments[key].contiguous() for key in set(shared.values())}, path,
+                    {**metadata, "shared": shared})
 
 
 def load_moments(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(second moment per linear key, the file's metadata)."""
-    import json
-
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as fh:
-        metadata = fh.metadata()
+    from taskprune import tensorfile
+
+    metadata = tensorfile.read_metadata(path)
     tensors = load_file(str(path))
-    return {key: tensors[first] for key, first in json.loads(metadata["shared"]).items()}, metadata
+    return {key: tensors[first] for key, first in metadata["shared"].items()}, metadata

@@ -6,12 +6,13 @@ with exactly the same sparsity.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from taskprune import tensorfile
 
 
 def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -56,15 +57,12 @@ def unpack(packed: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
 
 def save_masks(path: Path, masks: dict[str, torch.Tensor]) -> None:
     shapes = {name: list(mask.shape) for name, mask in masks.items()}
-    save_file({name: pack(mask) for name, mask in masks.items()}, str(path),
-              metadata={"format": "taskprune-packed-masks-v1", "shapes": json.dumps(shapes)})
+    tensorfile.save({name: pack(mask) for name, mask in masks.items()}, path,
+                    {"format": "taskprune-packed-masks-v1", "shapes": shapes})
 
 
 def load_masks(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        shapes = json.loads(fh.metadata()["shapes"])
+    shapes = tensorfile.read_metadata(path)["shapes"]
     return {name: unpack(packed, tuple(shapes[name])) for name, packed in load_file(str(path)).items()}
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from safetensors.torch import save_file
 
+from taskprune import tensorfile
 from taskprune.calibration import SIDES, collect_input_square_sums, save_moments
 from taskprune.data.tokens import token_blocks
 from taskprune.config import CalibrationConfig, Params
@@ -44,11 +44,11 @@ def run(params: Params, project: Project) -> None:
             started = timer.seconds()
             stats = collect_input_square_sums(model, adapter, ids, cfg.batch_size, device, desc=f"calibrate {side}",
                                               moments=moments)
-            metadata = {"side": side, "tokens": str(ids.numel()), "seq_len": str(cfg.seq_len)}
+            metadata = {"side": side, "tokens": ids.numel(), "seq_len": cfg.seq_len}
             if moments:
                 stats, second = stats
                 save_moments(moments_out / f"{side}.safetensors", second, metadata)
-            save_file(stats, str(out / f"{side}.safetensors"), metadata=metadata)
+            tensorfile.save(stats, out / f"{side}.safetensors", metadata)
             record[f"{side}_seconds"] = round(timer.seconds() - started, 2)
             record[f"{side}_blocks"] = len(ids)
         write_json(out / "stage.json", {k: v for k, v in record.items() if not k.endswith("_seconds")})

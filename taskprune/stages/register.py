@@ -10,7 +10,9 @@ from taskprune.config import Params
 from taskprune.paths import Project, StageTimer, read_json, write_json
 from taskprune.stages.evaluate import stage_records
 from taskprune.report import html_report
-from taskprune.tracking import register_result, run_name_of
+from taskprune.errors import TaskPruneError
+from taskprune.secrets import redact
+from taskprune.tracking import is_tracking_failure, register_result, run_name_of, tracking_uri
 
 LINEAGE_OUTS = {"data": ("prepare_data", "artifacts/data"), "masks": ("score", "artifacts/masks"),
                 "stats": ("calibrate", "artifacts/stats"), "search": ("search", "artifacts/search")}
@@ -36,6 +38,13 @@ def lineage_hashes(project: Project) -> dict[str, str]:
             if out.get("path") == path:
                 hashes[f"dvc.{label}_md5"] = out.get("md5", "")
     return hashes
+
+
+def result_key(project: Project) -> str:
+    """Names one pipeline result (its metrics and params), so registering it twice is noticed."""
+    import hashlib
+
+    return hashlib.sha256(project.metrics.read_bytes() + b"\0" + project.params_file.read_bytes()).hexdigest()[:20]
 
 
 def run_inputs(params: Params, project: Project) -> dict:
@@ -65,19 +74,30 @@ def run(params: Params, project: Project) -> None:
     tags = {"git_commit": git_commit(project), **lineage_hashes(project),
             "sparsity": str(params.prune.sparsity), "pattern": params.prune.pattern, "stats": params.prune.stats,
             "allocation": params.prune.allocation}
-    result = register_result(
-        params=params, state_dir=project.state, task_label=metrics["task"], metrics=metrics,
-        per_layer=inputs["per_layer"], stage_records=stage_records(project), model_dir=project.pruned_model,
-        artifacts=[project.metrics, project.mask_dir / "masks.json", project.search / "allocation.json",
-                   project.dvc_lock, project.params_file],
-        lineage_tags=tags, exclusive=inputs["exclusive"],
-        recovered_dir=project.recovered_model if "recovered" in metrics else None,
-        history=inputs["history"], search=inputs["search"],
-        report_html=html_report(metrics, inputs["per_layer"], inputs["run_name"], search=inputs["search"],
-                                exclusive=inputs["exclusive"], history=inputs["history"]))
+    try:
+        result = register_result(
+            params=params, state_dir=project.state, task_label=metrics["task"], metrics=metrics,
+            per_layer=inputs["per_layer"], stage_records=stage_records(project), model_dir=project.pruned_model,
+            artifacts=[project.metrics, project.mask_dir / "masks.json", project.search / "allocation.json",
+                       project.dvc_lock, project.params_file],
+            lineage_tags=tags, exclusive=inputs["exclusive"],
+            recovered_dir=project.recovered_model if "recovered" in metrics else None,
+            history=inputs["history"], search=inputs["search"],
+            report_html=html_report(metrics, inputs["per_layer"], inputs["run_name"], search=inputs["search"],
+                                    exclusive=inputs["exclusive"], history=inputs["history"]),
+            result_key=result_key(project))
+    except Exception as exc:  # MLflow (or its artifact store) down or failing after its own retries
+        if not is_tracking_failure(exc):
+            raise
+        uri = tracking_uri(params, project.state)
+        raise TaskPruneError(
+            f"MLflow at {redact(uri)} failed after retries ({type(exc).__name__}: {redact(str(exc))[:300]}). "
+            "Every other output of this run is on disk: run `taskprune stage register` (or `taskprune run`) "
+            "when the server is back; a result is never registered twice.") from None
     write_json(project.registration, result)
     timer.done(version=result["version"])
-    print(f"registered {result['registered_model']} version {result['version']}, run {result['run_id']} "
+    how = "already registered (an earlier attempt): reusing" if result.get("reused") else "registered"
+    print(f"{how} {result['registered_model']} version {result['version']}, run {result['run_id']} "
           f"at {result['tracking_uri']}")
     if "recovered_version" in result:
         print(f"registered the LoRA-recovered model as version {result['recovered_version']} "

@@ -24,6 +24,15 @@ def tracking_uri(params: Params, state_dir: Path) -> str:
     return params.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state_dir / 'mlflow.db'}"
 
 
+def is_tracking_failure(exc: BaseException) -> bool:
+    """An error of the tracking server, its artifact store or the network to them (not a bug of ours)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    return isinstance(exc, (MlflowException, RequestException, BotoCoreError, ClientError, ConnectionError))
+
+
 def registered_name(params: Params, task_label: str) -> str:
     return params.tracking.registered_model.format(task=task_label, method=params.prune.method)
 
@@ -52,9 +61,13 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
                     stage_records: dict[str, dict], model_dir: Path, artifacts: list[Path],
                     lineage_tags: dict[str, str], exclusive: dict[str, dict[str, float]] | None = None,
                     recovered_dir: Path | None = None, history: list[dict] | None = None,
-                    search: dict | None = None, report_html: str | None = None) -> dict:
+                    search: dict | None = None, report_html: str | None = None, result_key: str | None = None) -> dict:
     """Log the run (params, metrics, plot, files, child run per stage) and register the model as a new
-    version with alias ``challenger``. Returns ids for ``register.json``."""
+    version with alias ``challenger``. Returns ids for ``register.json``.
+
+    Idempotent for one result: when versions tagged ``taskprune.result_key`` = ``result_key`` exist already
+    (an earlier attempt registered them and then failed, or was killed, before writing register.json),
+    they are returned instead of registering the same result twice."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -63,7 +76,14 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
     experiment_id = ensure_experiment(mlflow, params.tracking.experiment, uri, state_dir)
     name = registered_name(params, task_label)
     run_name = run_name_of(params, task_label)
-    tags = {**lineage_tags, "task": task_label, "method": params.prune.label}
+    tags = {**lineage_tags, "task": task_label, "method": params.prune.label,
+            **({RESULT_KEY: result_key} if result_key else {})}
+    if result_key:
+        earlier = _registered_result(MlflowClient(), name, result_key, recovered="recovered" in metrics
+                                     and recovered_dir is not None)
+        if earlier is not None:
+            return {**earlier, "experiment_id": experiment_id, "tracking_uri": redact(uri), "registered_model": name,
+                    "reused": True}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params({k: redact(str(v)) for k, v in flatten(params.model_dump()).items()})
         for side in ("dense", "pruned", "recovered"):
@@ -157,6 +177,25 @@ def _log_search(client, run_id: str, search: dict) -> None:
     if search.get("front"):
         front = search["front"]
         mlflow.log_table({key: [p.get(key) for p in front] for key in front[0]}, "search/pareto_front.json")
+
+
+RESULT_KEY = "taskprune.result_key"
+
+
+def _registered_result(client, name: str, key: str, recovered: bool) -> dict | None:
+    """The versions an earlier attempt registered for this result, when all of them exist."""
+    if not _registered(client, name):
+        return None
+    versions = client.search_model_versions(f"name='{name}' and tags.`{RESULT_KEY}` = '{key}'")
+    pruned = [v for v in versions if v.tags.get("recovered") != "true"]
+    again = [v for v in versions if v.tags.get("recovered") == "true"]
+    if not pruned or (recovered and not again):
+        return None
+    result = {"run_id": pruned[0].run_id, "version": str(pruned[0].version), "model_uri": pruned[0].source}
+    if recovered:
+        result.update(recovered_version=str(again[0].version), recovered_model_uri=again[0].source)
+    client.set_registered_model_alias(name, CHALLENGER, result.get("recovered_version", result["version"]))
+    return result
 
 
 def _registered(client, name: str) -> bool:
