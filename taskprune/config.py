@@ -226,6 +226,15 @@ class TrackingConfig(_Strict):
     experiment: str = "taskprune"
     registered_model: str = Field("taskprune-{task}", description="Registry name; {task} and {method} are filled in")
 
+    @field_validator("registered_model")
+    @classmethod
+    def _registry_name(cls, value: str) -> str:
+        plain = value.replace("{task}", "").replace("{method}", "")
+        if not plain or not re.fullmatch(r"[A-Za-z0-9._-]*", plain):
+            raise ValueError("letters, digits, '.', '_', '-' and the placeholders {task} and {method} only, "
+                             f"got {value!r}")
+        return value
+
 
 class Params(_Strict):
     model: ModelConfig = ModelConfig()
@@ -275,7 +284,8 @@ def validate(raw: dict, source: str) -> Params:
             message = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = "unknown parameter (check the spelling; see params.yaml for the known keys)"
-            shown = "" if err["type"] == "missing" or isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
+            plain = err["type"] == "missing" or isinstance(err.get("input"), dict) or ", got " in message
+            shown = "" if plain else f" (got {err.get('input')!r})"
             lines.append(f"  {where}: {message}{shown}")
         raise TaskPruneError(f"{source}: invalid parameters\n" + "\n".join(lines)) from None
 

@@ -5,6 +5,7 @@ before anything runs, leaving every existing output byte for byte as it was."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -100,6 +101,8 @@ CASES = {
                                                         r"2:4.*sparsity.*0\.5"),
     "params: conflicting options (OWL with N:M)": (overrides("prune.pattern=2:4", "prune.allocation=owl"), r"prune: allocation 'owl' varies sparsity per layer; it needs pattern 'unstructured'\n$"),
     "params: conflicting options (sieve with N:M)": (overrides("prune.method=sieve", "prune.pattern=2:4"), r"sieve.*unstructured"),
+    "params: unsafe registry name": (overrides("tracking.registered_model=x'{task.__class__}"),
+                                     r"tracking\.registered_model: letters, digits"),
     "params: override without =": (overrides("prune.sparsity"), r"override 'prune\.sparsity': expected KEY=VALUE"),
     # models
     "model: unknown architecture": (model_dir({"config.json": json.dumps({"model_type": "mamba"}).encode(),
@@ -171,3 +174,8 @@ def test_bad_input_is_one_clear_message_exit_2_and_nothing_touched(case, project
     assert "Traceback" not in err and err.startswith("error: ") and err.count("\n") <= 3, err
     assert re.search(message, err, re.S), err
     assert snapshot(project) == before
+    if os.environ.get("TASKPRUNE_CATALOGUE_OUT"):  # collects the README table ("Bad input and faults")
+        with open(os.environ["TASKPRUNE_CATALOGUE_OUT"], "a", encoding="utf-8") as fh:
+            shown = err.removeprefix("error: ").strip().replace(f"{project}/", "").replace("\n", " ")
+            fh.write(f"| {case} | `{shown[:170]}` |\n")
+

@@ -78,7 +78,7 @@ def parse_jsonl(data: bytes, source: str) -> list[Example]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             hint = " (the file looks truncated)" if number == len(lines) else ""
-            raise TaskPruneError(f"{where}: not valid JSON: {exc.msg} at column {exc.colno}{hint}. Expected {EXPECTED}") from None
+            raise TaskPruneError(f"{where}: not valid JSON at column {exc.colno}: {exc.msg.removesuffix(' at')}{hint}. Expected {EXPECTED}") from None
         example = _check_row(obj, where)
         example.id = example.id or f"row{number}"
         examples.append(example)

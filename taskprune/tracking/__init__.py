@@ -34,7 +34,9 @@ def is_tracking_failure(exc: BaseException) -> bool:
 
 
 def registered_name(params: Params, task_label: str) -> str:
-    return params.tracking.registered_model.format(task=task_label, method=params.prune.method)
+    """The registry name (the template and the task label hold safe characters only: it is quoted in
+    MLflow filters; plain replacement, not str.format, so a template cannot reach attributes)."""
+    return params.tracking.registered_model.replace("{task}", task_label).replace("{method}", params.prune.method)
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
