@@ -51,3 +51,18 @@ def configure_tiny(project: Path, model_dir: Path, task_rows: list[dict], genera
     config.write_overrides(project / "params.yaml", [f"{k}={v}" for k, v in settings.items()])
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     subprocess.run(["git", "commit", "-q", "-m", "tiny setup"], cwd=project, check=True)
+
+
+SIDE = {"task_accuracy": 0.5, "perplexity": 10.0, "params": 100, "nonzero_params": 50,
+        "decoder_linear_params": 80, "bytes_on_disk": 400, "tokens_per_s": 12.0}
+
+
+def register_tiny(params, tmp_path: Path, model_dir: Path, **extra) -> dict:
+    """register_result for a made-up Wanda result on the capital task (tracking tests)."""
+    from taskprune.tracking import register_result
+
+    kwargs = dict(params=params, state_dir=tmp_path, task_label="capital",
+                  metrics={"task": "capital", "method": "wanda", "dense": SIDE, "pruned": SIDE, "run_seconds": 1.0},
+                  per_layer={"0.mlp.up_proj": 0.5}, stage_records={}, model_dir=model_dir, artifacts=[],
+                  lineage_tags={})
+    return register_result(**{**kwargs, **extra})

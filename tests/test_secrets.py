@@ -50,19 +50,13 @@ def test_cli_error_messages_are_redacted(monkeypatch, capsys):
 def test_mlflow_params_and_register_json_carry_no_credentials(tmp_path, tiny_llama_dir, monkeypatch):
     from mlflow import MlflowClient
 
+    from pipeline_helpers import register_tiny
     from taskprune.config import Params
-    from taskprune.tracking import register_result
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     params = Params.model_validate({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
                                     "task": {"path": f"s3://bucket/{SECRET}.jsonl"}})  # a user pasting a key
-    side = {"task_accuracy": 0.5, "perplexity": 10.0, "params": 100, "nonzero_params": 50,
-            "decoder_linear_params": 80, "bytes_on_disk": 400, "tokens_per_s": 12.0}
-    result = register_result(params=params, state_dir=tmp_path, task_label="capital",
-                             metrics={"task": "capital", "method": "wanda", "dense": side, "pruned": side,
-                                      "run_seconds": 1.0},
-                             per_layer={"0.mlp.up_proj": 0.5}, stage_records={}, model_dir=tiny_llama_dir,
-                             artifacts=[], lineage_tags={})
+    result = register_tiny(params, tmp_path, tiny_llama_dir)
     run = MlflowClient(tracking_uri=params.tracking.uri).get_run(result["run_id"])
     assert run.data.params["task.path"] == "s3://bucket/***.jsonl"
     assert all(SECRET not in str(v) for v in [*run.data.params.values(), *result.values()])

@@ -1,6 +1,5 @@
 """MLflow registration into a temporary SQLite store."""
 
-import pytest
 
 from taskprune.config import Params
 from taskprune.tracking import CHALLENGER, register_result
@@ -100,15 +99,25 @@ def test_sieve_run_logs_convergence_pareto_front_and_the_factorized_model_as_fil
 def test_the_html_report_is_logged_with_the_run(tmp_path, tiny_llama_dir):
     from mlflow import MlflowClient
 
+    from pipeline_helpers import register_tiny
+
     params = Params.model_validate({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
-    side = {"task_accuracy": 0.5, "perplexity": 10.0, "params": 100, "nonzero_params": 50,
-            "decoder_linear_params": 80, "bytes_on_disk": 400, "tokens_per_s": 12.0}
-    result = register_result(params=params, state_dir=tmp_path, task_label="capital",
-                             metrics={"task": "capital", "method": "wanda", "dense": side, "pruned": side,
-                                      "run_seconds": 1.0},
-                             per_layer={"0.mlp.up_proj": 0.5}, stage_records={}, model_dir=tiny_llama_dir,
-                             artifacts=[], lineage_tags={}, report_html="<html>report</html>")
+    result = register_tiny(params, tmp_path, tiny_llama_dir, report_html="<html>report</html>")
     client = MlflowClient(tracking_uri=params.tracking.uri)
     assert "report.html" in {a.path for a in client.list_artifacts(result["run_id"])}
     path = client.download_artifacts(result["run_id"], "report.html", str(tmp_path))
     assert open(path).read() == "<html>report</html>"
+
+
+def test_registering_the_same_result_twice_reuses_the_version(tmp_path, tiny_llama_dir):
+    from mlflow import MlflowClient
+
+    from pipeline_helpers import register_tiny
+
+    params = Params.model_validate({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    first = register_tiny(params, tmp_path, tiny_llama_dir, result_key="k1")
+    again = register_tiny(params, tmp_path, tiny_llama_dir, result_key="k1")
+    other = register_tiny(params, tmp_path, tiny_llama_dir, result_key="k2")
+    assert (first["version"], again["version"], other["version"]) == ("1", "1", "2")
+    assert again["reused"] and again["run_id"] == first["run_id"] and "reused" not in other
+    assert len(MlflowClient(tracking_uri=params.tracking.uri).search_model_versions("name='taskprune-capital'")) == 2

@@ -61,49 +61,42 @@ def exclusive_figure(exclusive: dict[str, dict[str, float]], title: str):
     return fig
 
 
-def loss_figure(history: list[dict], title: str):
-    """LoRA recovery: training loss per step."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss (answer tokens)")
-    ax.set_title(f"{title}: LoRA recovery", fontsize=9)
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend: bool = True):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    if legend:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def loss_figure(history: list[dict], title: str):
+    """LoRA recovery: training loss per step."""
+    fig, ax = _pyplot().subplots(figsize=(7, 3.5))
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
+    return _finish(fig, ax, "step", "training loss (answer tokens)", f"{title}: LoRA recovery", legend=False)
 
 
 def convergence_figure(search: dict, title: str):
     """Genetic search: best and mean fitness per generation, and the uniform allocation's."""
-    plt = _pyplot()
     history = search["history"]
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = _pyplot().subplots(figsize=(7, 3.5))
     ax.plot([h["generation"] for h in history], [h["best"] for h in history], marker="o", ms=3, label="best")
     ax.plot([h["generation"] for h in history], [h["mean"] for h in history], lw=1, label="population mean")
     if search.get("uniform_fitness") is not None:
         ax.axhline(search["uniform_fitness"], color="grey", ls="--", lw=1, label="uniform allocation")
-    ax.set_xlabel("generation")
-    ax.set_ylabel(f"fitness ({search.get('fitness', 'loglik')})")
-    ax.set_title(f"{title}: genetic search", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "generation", f"fitness ({search.get('fitness', 'loglik')})", f"{title}: genetic search")
 
 
 def pareto_figure(search: dict, title: str):
     """NSGA-II front: fitness against size, with the chosen operating point."""
-    plt = _pyplot()
     front = search["front"]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _pyplot().subplots(figsize=(6, 4))
     ax.plot([p["size_fraction"] for p in front], [p["fitness"] for p in front], marker="o")
     chosen = 1 - search["reduction"]
     ax.axvline(chosen, color="red", ls="--", lw=1, label=f"chosen ({chosen:.2f} of dense)")
-    ax.set_xlabel("size (fraction of the dense decoder linears)")
-    ax.set_ylabel("fitness")
-    ax.set_title(f"{title}: Pareto front", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, ax, "size (fraction of the dense decoder linears)", "fitness", f"{title}: Pareto front")
 
 
 def run_figures(run_name: str, per_layer: dict[str, float], search: dict | None = None,
