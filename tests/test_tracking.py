@@ -1,6 +1,5 @@
 """MLflow registration into a temporary SQLite store."""
 
-
 from taskprune.config import Params
 from taskprune.tracking import CHALLENGER, register_result
 
