@@ -48,6 +48,18 @@ def stage(
 
 
 @app.command()
+def register() -> None:
+    """Register the last run's result in MLflow (what the register stage does): finish a run whose
+    registration failed; a result already registered is not registered again."""
+    from taskprune.stages import run_stage
+
+    project, params = project_and_params()
+    if not project.metrics.exists():
+        raise TaskPruneError(f"{project.metrics}: no results yet; run `taskprune run` first")
+    run_stage("register", params, project)
+
+
+@app.command()
 def init(
     directory: Annotated[str, typer.Argument(help="New project directory")],
     overrides: Annotated[list[str], typer.Option("-S", "--set", help="Set a params.yaml key, e.g. -S task.name=sentiment")] = [],  # noqa: B006

@@ -164,7 +164,7 @@ def test_mlflow_down_at_register_then_back_registers_once(servers, tmp_path, tok
     servers.stop_mlflow()
     done, out = run(servers.environment, project, *dvc, "repro", "register")
     assert done.returncode != 0
-    assert f"MLflow at {servers.uri} failed after retries" in out and "taskprune stage register" in out, out[-3000:]
+    assert f"MLflow at {servers.uri} failed after retries" in out and "taskprune register" in out, out[-3000:]
     assert "Traceback" not in out and (project / "metrics.json").is_file()
     assert not (project / "artifacts" / "register.json").exists()
 
@@ -173,7 +173,7 @@ def test_mlflow_down_at_register_then_back_registers_once(servers, tmp_path, tok
     assert done.returncode == 0, out[-3000:]
     first = json.loads((project / "artifacts" / "register.json").read_text())
     (project / "artifacts" / "register.json").unlink()  # as if killed after registering, before writing it
-    done, out = run(servers.environment, project, str(BIN / "taskprune"), "stage", "register")
+    done, out = run(servers.environment, project, str(BIN / "taskprune"), "register")
     assert done.returncode == 0 and "already registered (an earlier attempt): reusing" in out, out[-3000:]
     again = json.loads((project / "artifacts" / "register.json").read_text())
     assert again["version"] == first["version"] == "1" and again["run_id"] == first["run_id"]

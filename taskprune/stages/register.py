@@ -92,7 +92,7 @@ def run(params: Params, project: Project) -> None:
         uri = tracking_uri(params, project.state)
         raise TaskPruneError(
             f"MLflow at {redact(uri)} failed after retries ({type(exc).__name__}: {redact(str(exc))[:300]}). "
-            "Every other output of this run is on disk: run `taskprune stage register` (or `taskprune run`) "
+            "Every other output of this run is on disk: run `taskprune register` (or `taskprune run`) "
             "when the server is back; a result is never registered twice.") from None
     write_json(project.registration, result)
     timer.done(version=result["version"])
