@@ -11,6 +11,7 @@ import typer
 from taskprune import env
 from taskprune.errors import TaskPruneError
 from taskprune.paths import Project
+from taskprune.retries import show_retries
 from taskprune.secrets import install_log_filter, redact
 from taskprune.stages import STAGES
 
@@ -162,6 +163,7 @@ def main(application: typer.Typer = app, argv: Optional[list[str]] = None) -> No
     except TaskPruneError:
         env.apply()
     install_log_filter()
+    show_retries()
     try:
         application(args=argv)
     except TaskPruneError as exc:

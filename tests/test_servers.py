@@ -155,8 +155,9 @@ def test_run_against_mlflow_server_and_s3_then_dvc_push_pull(servers, tmp_path, 
 
 def test_mlflow_down_at_register_then_back_registers_once(servers, tmp_path, tokenizer_dir):
     """The tracking server dies before registration: the stage fails after MLflow's retries with a clear
-    message, every other output stays; once the server is back `taskprune stage register` finishes the
-    job, and registering the same result again reuses the version instead of adding one."""
+    message, every other output stays. A registration started while the server is down, which comes back
+    within the retries, says it retries and finishes the job; registering the same result again reuses
+    the version instead of adding one."""
     project = tiny_project_on_servers(servers, tmp_path, tokenizer_dir)
     dvc = [sys.executable, "-m", "dvc"]
     done, out = run(servers.environment, project, *dvc, "repro", "evaluate_recovered")
@@ -165,12 +166,23 @@ def test_mlflow_down_at_register_then_back_registers_once(servers, tmp_path, tok
     done, out = run(servers.environment, project, *dvc, "repro", "register")
     assert done.returncode != 0
     assert f"MLflow at {servers.uri} failed after retries" in out and "taskprune register" in out, out[-3000:]
+    assert out.count("retrying: /api/2.0/mlflow/") == 2  # MLFLOW_HTTP_REQUEST_MAX_RETRIES, said as they happen
     assert "Traceback" not in out and (project / "metrics.json").is_file()
     assert not (project / "artifacts" / "register.json").exists()
 
+    # an outage shorter than the retries: registration started while the server is down rides it out
+    patient = {**servers.environment, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6"}
+    registering = subprocess.Popen([*dvc, "repro", "register"], cwd=project, env=patient, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen = []
+    for line in registering.stdout:  # wait until a request to the dead server has been retried
+        seen.append(line)
+        if line.startswith("retrying: /api/2.0/mlflow/"):
+            break
     servers.start_mlflow()
-    done, out = run(servers.environment, project, *dvc, "repro", "register")
-    assert done.returncode == 0, out[-3000:]
+    seen.append(registering.stdout.read())
+    out = "".join(seen)
+    assert registering.wait(120) == 0 and "retrying: /api/2.0/mlflow/" in out, out[-3000:]
     first = json.loads((project / "artifacts" / "register.json").read_text())
     (project / "artifacts" / "register.json").unlink()  # as if killed after registering, before writing it
     done, out = run(servers.environment, project, str(BIN / "taskprune"), "register")
