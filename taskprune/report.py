@@ -104,8 +104,9 @@ def _png(figure) -> str:
 
 def html_report(metrics: dict, per_layer: dict, run_name: str, *, search: dict | None = None,
                 exclusive: dict | None = None, history: list[dict] | None = None,
-                registration: dict | None = None) -> str:
-    """One self-contained HTML page (figures inlined as PNG) for a run."""
+                registration: dict | None = None, figures: dict | None = None) -> str:
+    """One self-contained HTML page (figures inlined as PNG) for a run; ``figures`` (``run_figures`` of
+    the same run) when the caller has made them already."""
     import datetime as dt
 
     from jinja2 import Environment
@@ -124,8 +125,9 @@ def html_report(metrics: dict, per_layer: dict, run_name: str, *, search: dict |
     if registration:
         subtitle += (f"; registered as {registration['registered_model']} version "
                      f"{registration.get('recovered_version', registration['version'])}, MLflow run {registration['run_id']}")
-    figures = [(CAPTIONS.get(path.split("/")[-1][:-4], path), _png(fig))
-               for path, fig in run_figures(run_name, per_layer, search, exclusive, history).items()]
+    if figures is None:
+        figures = run_figures(run_name, per_layer, search, exclusive, history)
+    figures = [(CAPTIONS.get(path.split("/")[-1][:-4], path), _png(fig)) for path, fig in figures.items()]
     return Environment(autoescape=True).from_string(HTML).render(
         title=run_name, subtitle=subtitle, sides=[name for name, _ in sides], rows=rows, notes=notes, figures=figures,
         front=(search or {}).get("front"), stages=sorted(metrics.get("stage_seconds", {}).items(), key=_pipeline_order))

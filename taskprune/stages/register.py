@@ -12,7 +12,7 @@ from taskprune.stages.evaluate import stage_records
 from taskprune.report import html_report
 from taskprune.errors import TaskPruneError
 from taskprune.secrets import redact
-from taskprune.tracking import is_tracking_failure, register_result, run_name_of, tracking_uri
+from taskprune.tracking import is_tracking_failure, register_result, run_figures, run_name_of, tracking_uri
 
 LINEAGE_OUTS = {"data": ("prepare_data", "artifacts/data"), "masks": ("score", "artifacts/masks"),
                 "stats": ("calibrate", "artifacts/stats"), "search": ("search", "artifacts/search")}
@@ -63,14 +63,15 @@ def report(params: Params, project: Project) -> str:
     """The run's HTML report (taskprune report; the register stage logs it to MLflow)."""
     inputs = run_inputs(params, project)
     registration = read_json(project.registration) if project.registration.is_file() else None
-    return html_report(inputs["metrics"], inputs["per_layer"], inputs["run_name"], search=inputs["search"],
-                       exclusive=inputs["exclusive"], history=inputs["history"], registration=registration)
+    return html_report(**inputs, registration=registration)
 
 
 def run(params: Params, project: Project) -> None:
     timer = StageTimer(project, "register")
     inputs = run_inputs(params, project)
     metrics = inputs["metrics"]
+    figures = run_figures(inputs["run_name"], inputs["per_layer"], inputs["search"], inputs["exclusive"],
+                          inputs["history"])  # made once: logged to MLflow and inlined in the report
     tags = {"git_commit": git_commit(project), **lineage_hashes(project),
             "sparsity": str(params.prune.sparsity), "pattern": params.prune.pattern, "stats": params.prune.stats,
             "allocation": params.prune.allocation}
@@ -82,10 +83,8 @@ def run(params: Params, project: Project) -> None:
                        project.dvc_lock, project.params_file],
             lineage_tags=tags, exclusive=inputs["exclusive"],
             recovered_dir=project.recovered_model if "recovered" in metrics else None,
-            history=inputs["history"], search=inputs["search"],
-            report_html=html_report(metrics, inputs["per_layer"], inputs["run_name"], search=inputs["search"],
-                                    exclusive=inputs["exclusive"], history=inputs["history"]),
-            result_key=result_key(project))
+            history=inputs["history"], search=inputs["search"], figures=figures,
+            report_html=html_report(**inputs, figures=figures), result_key=result_key(project))
     except Exception as exc:  # MLflow (or its artifact store) down or failing after its own retries
         if not is_tracking_failure(exc):
             raise

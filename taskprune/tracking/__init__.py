@@ -63,7 +63,8 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
                     stage_records: dict[str, dict], model_dir: Path, artifacts: list[Path],
                     lineage_tags: dict[str, str], exclusive: dict[str, dict[str, float]] | None = None,
                     recovered_dir: Path | None = None, history: list[dict] | None = None,
-                    search: dict | None = None, report_html: str | None = None, result_key: str | None = None) -> dict:
+                    search: dict | None = None, report_html: str | None = None, result_key: str | None = None,
+                    figures: dict | None = None) -> dict:
     """Log the run (params, metrics, plot, files, child run per stage) and register the model as a new
     version with alias ``challenger``. Returns ids for ``register.json``.
 
@@ -94,7 +95,9 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
             mlflow.log_metrics({f"{side}.{k}": float(v) for k, v in metrics[side].items()
                                 if isinstance(v, (int, float))})
         mlflow.log_metric("run_seconds", float(metrics["run_seconds"]))
-        for path, figure in run_figures(run_name, per_layer, search, exclusive, history).items():
+        if figures is None:
+            figures = run_figures(run_name, per_layer, search, exclusive, history)
+        for path, figure in figures.items():
             mlflow.log_figure(figure, path)
         if not (search and search.get("kind") == "lowrank"):
             mlflow.log_dict(per_layer, "sparsity_per_layer.json")
