@@ -35,6 +35,11 @@ def project_and_params(overrides: list[str] | None = None):
     return project, config.load(project.params_file, overrides)
 
 
+def require_results(project: Project) -> None:
+    if not project.metrics.exists():
+        raise TaskPruneError(f"{project.metrics}: no results yet; run `taskprune run` first")
+
+
 @app.command()
 def stage(
     name: Annotated[StageName, typer.Argument(help="Stage to run")],
@@ -55,8 +60,7 @@ def register() -> None:
     from taskprune.stages import run_stage
 
     project, params = project_and_params()
-    if not project.metrics.exists():
-        raise TaskPruneError(f"{project.metrics}: no results yet; run `taskprune run` first")
+    require_results(project)
     run_stage("register", params, project)
 
 
@@ -86,8 +90,7 @@ def report(
     from taskprune.stages import register
 
     project, params = project_and_params()
-    if not project.metrics.exists():
-        raise TaskPruneError(f"{project.metrics}: no results yet; run `taskprune run` first")
+    require_results(project)
     target = Path(out) if Path(out).is_absolute() else project.root / out
     target.write_text(register.report(params, project), encoding="utf-8")
     print(f"report written to {target}")
@@ -108,8 +111,7 @@ def show() -> None:
     from taskprune.paths import read_json
 
     project = Project.find()
-    if not project.metrics.exists():
-        raise TaskPruneError(f"{project.metrics}: no results yet; run `taskprune run` first")
+    require_results(project)
     print_results(read_json(project.metrics))
 
 
