@@ -60,8 +60,9 @@ def recurring(project_root: str = "runs/default", settings: dict | None = None, 
     """Re-prune ``project_root`` with ``settings`` (params.yaml keys) if anything changed; promote by the rule."""
     install_log_filter()
     root = ensure_project(project_root)
-    env.apply(Project(Path(root)).state)
-    with run_lock(Project(Path(root))):
+    project = Project(Path(root))
+    env.apply(project.state)
+    with run_lock(project):
         return _recur(root, settings, promote)
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from taskprune import config
@@ -29,6 +32,26 @@ def taskprune(project: Path, *args: str, timeout: int = 1200) -> subprocess.Comp
 
 def dvc(project: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "dvc", *args], project, timeout)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server subprocess)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, seconds: float = 180) -> None:
+    """Until ``url`` answers 200 (a server subprocess is up), or TimeoutError."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(url)
 
 
 def tiny_settings(model_dir: Path, task_file: Path, general_file: Path) -> dict[str, object]:

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import make_project, make_tiny_model, write_general_text
-from pipeline_helpers import cli_env, tiny_settings
+from pipeline_helpers import cli_env, free_port, tiny_settings, wait_for
 from taskprune import config
 from taskprune.data import builtin
-from test_deployments import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 SECRET = "Zx9-never-log-this-secret-4711"
