@@ -90,8 +90,8 @@ def forward_seconds(model, blocks: torch.Tensor, batch_size: int) -> float:
     return time.perf_counter() - started
 
 
-def decoder_sparsity(model, adapter) -> float:
-    weights = [adapter.weight(m) for m in adapter.named_linears(model).values()]
+def decoder_sparsity(model, arch) -> float:
+    weights = [arch.weight(m) for m in arch.named_linears(model).values()]
     return 1 - sum(int(torch.count_nonzero(w)) for w in weights) / sum(w.numel() for w in weights)
 
 
@@ -104,8 +104,8 @@ class Bench:
             self.params.calibration.num_samples = args.num_samples
         self.params.evaluate.limit = args.limit
         torch.set_num_threads(args.threads)
-        self.model, self.tokenizer, self.adapter = load_local(self.project.dense_model)
-        self.originals = {k: self.adapter.weight(m).clone() for k, m in self.adapter.named_linears(self.model).items()}
+        self.model, self.tokenizer, self.arch = load_local(self.project.dense_model)
+        self.originals = {k: self.arch.weight(m).clone() for k, m in self.arch.named_linears(self.model).items()}
         self.rows: list[dict] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="taskprune-bench-"))
         self.tasks = {}
@@ -122,8 +122,8 @@ class Bench:
 
     def restore(self) -> None:
         with torch.no_grad():
-            for key, module in self.adapter.named_linears(self.model).items():
-                self.adapter.weight(module).copy_(self.originals[key])
+            for key, module in self.arch.named_linears(self.model).items():
+                self.arch.weight(module).copy_(self.originals[key])
 
     def record(self, model, seed, pattern, method, seconds, tasks, held_out, **extra) -> None:
         if self.args.timing_only:  # one row per method, no evaluation
@@ -143,7 +143,7 @@ class Bench:
 
     def stats(self, blocks: torch.Tensor) -> SideStats:
         cal = self.params.calibration
-        return SideStats(collect_input_square_sums(self.model, self.adapter, blocks, cal.batch_size), blocks.numel())
+        return SideStats(collect_input_square_sums(self.model, self.arch, blocks, cal.batch_size), blocks.numel())
 
     def run_seed(self, seed: int, patterns: list[str], python: Path | None) -> dict:
         cal = self.params.calibration
@@ -163,13 +163,13 @@ class Bench:
             cfg = lambda **kw: PruneConfig.model_validate({**base, **kw})  # noqa: E731
             started = time.perf_counter()
             general_stats = self.stats(blocks)
-            apply_masks(self.model, self.adapter, compute_masks(self.model, self.adapter, cfg(method="wanda"),
+            apply_masks(self.model, self.arch, compute_masks(self.model, self.arch, cfg(method="wanda"),
                                                                 {"general": general_stats}).masks)
             wanda_s = time.perf_counter() - started
             self.record(self.model, seed, label, BASELINE, wanda_s, self.tasks, held_out, kind="wanda")
             self.restore()
             started = time.perf_counter()
-            sparsegpt_masks(self.model, self.adapter, cfg(method="sparsegpt"), None, {"general": blocks},
+            sparsegpt_masks(self.model, self.arch, cfg(method="sparsegpt"), None, {"general": blocks},
                             cal.batch_size)
             self.record(self.model, seed, label, "TaskPrune SparseGPT (general)", time.perf_counter() - started,
                         self.tasks, held_out, kind="sparsegpt")
@@ -180,10 +180,10 @@ class Bench:
                     seconds = run_llmcompressor(python, self.project.dense_model, tokens, method, cfg(), cal.batch_size,
                                                 out)
                     self.tokenizer.save_pretrained(out)  # the worker saves the model only
-                    pruned, _, adapter = load_local(out)
+                    pruned, _, arch = load_local(out)
                     self.record(pruned, seed, label, f"llm-compressor {method.capitalize().replace('gpt', 'GPT')}",
                                 seconds, self.tasks, held_out, kind=kind, reference=True,
-                                achieved=round(decoder_sparsity(pruned, adapter), 4))
+                                achieved=round(decoder_sparsity(pruned, arch), 4))
                     del pruned
                     shutil.rmtree(out)
             for task, info in self.tasks.items():
@@ -198,11 +198,11 @@ class Bench:
                 for name, extra, kind in variants:
                     started = time.perf_counter()
                     if kind == "wanda":
-                        result = compute_masks(self.model, self.adapter, cfg(**extra), stats)
-                        apply_masks(self.model, self.adapter, result.masks)
+                        result = compute_masks(self.model, self.arch, cfg(**extra), stats)
+                        apply_masks(self.model, self.arch, result.masks)
                         seconds = wanda_calibration + time.perf_counter() - started
                     else:
-                        sparsegpt_masks(self.model, self.adapter, cfg(**extra), None,
+                        sparsegpt_masks(self.model, self.arch, cfg(**extra), None,
                                         {"general": blocks, "task": info["blocks"]}, cal.batch_size)
                         seconds = time.perf_counter() - started
                     self.record(self.model, seed, label, name, seconds, [task], held_out, kind=kind)

@@ -91,8 +91,8 @@ def main() -> None:
     params = Params()
     if args.general_seed is not None:
         params.calibration.seed = args.general_seed
-    model, tokenizer, adapter = load_local(project.dense_model)
-    originals = {k: adapter.weight(m).clone() for k, m in adapter.named_linears(model).items()}
+    model, tokenizer, arch = load_local(project.dense_model)
+    originals = {k: arch.weight(m).clone() for k, m in arch.named_linears(model).items()}
     passages = general.load_passages(params.calibration.general, project.root, project.downloads)
     pool, held_out = general.split_general(passages, params.calibration.seed, params.evaluate.perplexity_docs)
     cal = params.calibration
@@ -100,7 +100,7 @@ def main() -> None:
     started = time.perf_counter()
     general_blocks = token_blocks(tokenizer, pool, cal.seq_len, cal.num_samples)
     t0 = time.perf_counter()
-    general_stats = SideStats(collect_input_square_sums(model, adapter, general_blocks, cal.batch_size,
+    general_stats = SideStats(collect_input_square_sums(model, arch, general_blocks, cal.batch_size,
                                                         desc="general"), general_blocks.numel())
     timings["calibrate_general_s"] = round(time.perf_counter() - t0, 1)
     for task in args.tasks:
@@ -111,7 +111,7 @@ def main() -> None:
             task_blocks = token_blocks(tokenizer, [ex.calibration_text() for ex in calib], cal.seq_len, cal.num_samples)
             t0 = time.perf_counter()
             stats = {"general": general_stats,
-                     "task": SideStats(collect_input_square_sums(model, adapter, task_blocks, cal.batch_size,
+                     "task": SideStats(collect_input_square_sums(model, arch, task_blocks, cal.batch_size,
                                                                  desc=task), task_blocks.numel())}
             timings[f"calibrate_{task}_s"] = round(time.perf_counter() - t0, 1)
             dense = evaluate(model, tokenizer, test_jsonl, held_out, params)
@@ -122,13 +122,13 @@ def main() -> None:
                     cfg = {**scorer, **pattern}
                     if cfg.get("allocation") == "owl" and "pattern" in cfg:
                         continue  # OWL varies sparsity per layer: unstructured only
-                    result = compute_masks(model, adapter, PruneConfig.model_validate(cfg), stats)
-                    apply_masks(model, adapter, result.masks)
+                    result = compute_masks(model, arch, PruneConfig.model_validate(cfg), stats)
+                    apply_masks(model, arch, result.masks)
                     rows.append((task, name, label, evaluate(model, tokenizer, test_jsonl, held_out, params), chance,
                                  len(test), task_blocks.shape[0]))
                     with torch.no_grad():
-                        for key, module in adapter.named_linears(model).items():
-                            adapter.weight(module).copy_(originals[key])
+                        for key, module in arch.named_linears(model).items():
+                            arch.weight(module).copy_(originals[key])
                     print(json.dumps({"task": task, "method": rows[-1][1], "pattern": label,
                                       "acc": rows[-1][3]["task_accuracy"], "ppl": rows[-1][3]["perplexity"]}), flush=True)
     timings["total_s"] = round(time.perf_counter() - started, 1)

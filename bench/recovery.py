@@ -63,27 +63,27 @@ def main() -> None:
             calib, test = split(builtin.generate(task, params.task.seed), params.task.calib_fraction, params.task.seed)
             test_jsonl = Path(tmp) / f"{task}.jsonl"
             write_jsonl(test_jsonl, test)
-            dense_model, tokenizer, adapter = load_local(project.dense_model)
+            dense_model, tokenizer, arch = load_local(project.dense_model)
             dense = evaluate(dense_model, tokenizer, test_jsonl, held_out, params)
             blocks = token_blocks(tokenizer, pool, cal.seq_len, cal.num_samples)
-            stats = {"general": SideStats(collect_input_square_sums(dense_model, adapter, blocks, cal.batch_size),
+            stats = {"general": SideStats(collect_input_square_sums(dense_model, arch, blocks, cal.batch_size),
                                           blocks.numel())}
             del dense_model
             for label in args.patterns:
-                model, tokenizer, adapter = load_local(project.dense_model)
-                masks = compute_masks(model, adapter, PruneConfig.model_validate({"method": "wanda",
+                model, tokenizer, arch = load_local(project.dense_model)
+                masks = compute_masks(model, arch, PruneConfig.model_validate({"method": "wanda",
                                                                                    **PATTERNS[label]}), stats).masks
-                pruned_sparsity = apply_masks(model, adapter, masks)
+                pruned_sparsity = apply_masks(model, arch, masks)
                 pruned = evaluate(model, tokenizer, test_jsonl, held_out, params)
                 t0 = time.perf_counter()
-                peft_model = lora_model(model, adapter, rec)
+                peft_model = lora_model(model, arch, rec)
                 with tempfile.TemporaryDirectory() as checkpoints:
                     history = train_lora(peft_model, tokenizer, calib, rec, Path(checkpoints), "cpu").history
-                merged = merge_keeping_masks(peft_model, adapter, masks)
+                merged = merge_keeping_masks(peft_model, arch, masks)
                 minutes = (time.perf_counter() - t0) / 60
-                recovered_sparsity = apply_masks(merged, adapter, masks)  # measures zeros (no change after merge)
-                exact = all(torch.equal(adapter.weight(m) != 0, masks[k])
-                            for k, m in adapter.named_linears(merged).items())
+                recovered_sparsity = apply_masks(merged, arch, masks)  # measures zeros (no change after merge)
+                exact = all(torch.equal(arch.weight(m) != 0, masks[k])
+                            for k, m in arch.named_linears(merged).items())
                 recovered = evaluate(merged, tokenizer, test_jsonl, held_out, params)
                 lost = dense["task_accuracy"] - pruned["task_accuracy"]
                 won = recovered["task_accuracy"] - pruned["task_accuracy"]

@@ -25,7 +25,7 @@ env.apply()
 from prune_matrix import write_report  # noqa: E402  (same directory)
 
 from taskprune.lowrank import Factors, factorize_model, rank_for_fraction  # noqa: E402
-from taskprune.models.adapters import adapter_for  # noqa: E402
+from taskprune.models.architectures import architecture_for  # noqa: E402
 
 # SmolLM2 shapes (config.json of HuggingFaceTB/SmolLM2-*), vocabulary 49152, tied embeddings
 SHAPES = {
@@ -65,16 +65,16 @@ def main() -> None:
         torch.manual_seed(0)
         dense = LlamaForCausalLM(config).eval()
         factorized = LlamaForCausalLM(config).eval()
-        adapter = adapter_for("llama")
-        linears = adapter.named_linears(factorized)
+        arch = architecture_for("llama")
+        linears = arch.named_linears(factorized)
         ranks, factors = {}, {}
         for key, module in linears.items():
-            out_f, in_f = adapter.weight(module).shape
+            out_f, in_f = arch.weight(module).shape
             ranks[key] = rank_for_fraction(out_f, in_f, 1 - args.reduction)
             factors[key] = Factors(torch.randn(out_f, ranks[key]) * 0.02, torch.randn(ranks[key], in_f) * 0.02,
                                    torch.ones(ranks[key]))
-        decoder = sum(adapter.weight(m).numel() for m in linears.values())
-        factorize_model(factorized, adapter, factors, ranks)
+        decoder = sum(arch.weight(m).numel() for m in linears.values())
+        factorize_model(factorized, arch, factors, ranks)
         n_dense, n_fact = (sum(p.numel() for p in m.parameters()) for m in (dense, factorized))
         tokens_per_s(dense, 4), tokens_per_s(factorized, 4)  # warm-up
         speeds: dict[str, list[float]] = {"dense": [], "factorized": []}

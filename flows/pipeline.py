@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow
 
 from taskprune.paths import Project, read_json, run_lock
-from tasks.stages import PIPELINE, promote_challenger, run_stage, task_source_changed, validate_inputs
+from prefect_tasks.stages import PIPELINE, promote_challenger, run_stage, task_source_changed, validate_inputs
 
 
 @flow(name="taskprune-pipeline")

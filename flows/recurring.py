@@ -22,7 +22,7 @@ from flows.pipeline import pipeline
 from taskprune import env
 from taskprune.paths import Project, run_lock
 from taskprune.secrets import install_log_filter
-from tasks.stages import pipeline_changes, validate_inputs
+from prefect_tasks.stages import pipeline_changes, validate_inputs
 
 
 def as_overrides(settings: dict | None) -> list[str]:

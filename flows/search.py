@@ -14,7 +14,7 @@ from prefect import flow
 
 from taskprune.config import Params
 from taskprune.paths import Project
-from tasks.fitness import TaskEvaluator
+from prefect_tasks.genomes import TaskEvaluator
 
 
 @flow(name="taskprune-search")

@@ -1,4 +1,4 @@
-"""`taskprune stage NAME` and `taskprune show`; `flows.cli` adds `taskprune run` (Prefect lives there)."""
+"""`taskprune stage NAME` and `taskprune show`; `flows.app` adds `taskprune run` (Prefect lives there)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Scores -> per-layer sparsity -> masks -> zeroed weights, over every decoder linear (via the adapter)."""
+"""Scores -> per-layer sparsity -> masks -> zeroed weights, over every decoder linear (via the arch)."""
 
 from __future__ import annotations
 
@@ -85,13 +85,13 @@ def _by_layer(keys) -> dict[int, list[str]]:
     return by_layer
 
 
-def layer_targets(model, adapter, cfg: PruneConfig, stats: dict[str, SideStats] | None) -> dict[int, float]:
+def layer_targets(model, arch, cfg: PruneConfig, stats: dict[str, SideStats] | None) -> dict[int, float]:
     """Sparsity per decoder layer: the target everywhere, or OWL's outlier-weighted allocation.
 
     OWL's outlier ratios come from Wanda-class scores of the dense model (for
     SparseGPT-based methods: Wanda on the same side, or the Wanda-based fusion).
     """
-    linears = adapter.named_linears(model)
+    linears = arch.named_linears(model)
     by_layer = _by_layer(linears)
     if cfg.allocation != "owl":  # uniform; "search" starts from uniform and is refined by the search stage
         return {layer: cfg.sparsity for layer in by_layer}
@@ -100,7 +100,7 @@ def layer_targets(model, adapter, cfg: PruneConfig, stats: dict[str, SideStats] 
     score = make_scorer(cfg, stats)
     ratios, sizes = [], []
     for keys in tqdm(by_layer.values(), desc="OWL outlier ratios", unit="layer"):
-        scores = [score(key, adapter.weight(linears[key]))[0] for key in keys]
+        scores = [score(key, arch.weight(linears[key]))[0] for key in keys]
         ratios.append(outlier_ratio(scores, cfg.owl.m))
         sizes.append(sum(s.numel() for s in scores))
     return dict(zip(by_layer, owl_sparsities(ratios, sizes, cfg.sparsity, cfg.owl.lam)))
@@ -114,19 +114,19 @@ def _record(result: MaskResult, key: str, keep: torch.Tensor, task_excl, general
                                  "general": round(general_excl.float().mean().item(), 6)}
 
 
-def compute_masks(model, adapter, cfg: PruneConfig, stats: dict[str, SideStats] | None,
+def compute_masks(model, arch, cfg: PruneConfig, stats: dict[str, SideStats] | None,
                   per_matrix: dict[str, float] | None = None) -> MaskResult:
     """Keep-masks for every decoder linear, keyed like the calibration statistics (score-only methods).
 
     ``per_matrix`` (the genetic search's allocation) overrides the per-layer targets."""
     score = make_scorer(cfg, stats)
-    linears = adapter.named_linears(model)
+    linears = arch.named_linears(model)
     targets = {layer: cfg.sparsity for layer in _by_layer(linears)} if per_matrix else \
-        layer_targets(model, adapter, cfg, stats)
+        layer_targets(model, arch, cfg, stats)
     result = MaskResult({}, {}, layer_target=targets)
     for layer, keys in tqdm(_by_layer(linears).items(), desc=f"score {cfg.method}", unit="layer"):
         for key in keys:
-            scores, task_excl, general_excl = score(key, adapter.weight(linears[key]))
+            scores, task_excl, general_excl = score(key, arch.weight(linears[key]))
             sparsity = per_matrix[key] if per_matrix else targets[layer]
             _record(result, key, masklib.make_mask(scores, sparsity, cfg.n_m), task_excl, general_excl)
     return result
@@ -140,7 +140,7 @@ def sparsegpt_sides(cfg: PruneConfig) -> list[str]:
 
 
 @torch.no_grad()
-def sparsegpt_masks(model, adapter, cfg: PruneConfig, stats: dict[str, SideStats] | None,
+def sparsegpt_masks(model, arch, cfg: PruneConfig, stats: dict[str, SideStats] | None,
                     blocks: dict[str, torch.Tensor], batch_size: int, device: str = "cpu") -> MaskResult:
     """Prune with SparseGPT (or task-aware SparseGPT) layer by layer; updates the model's weights in place.
 
@@ -148,14 +148,14 @@ def sparsegpt_masks(model, adapter, cfg: PruneConfig, stats: dict[str, SideStats
     it; one decoder layer is on the device at a time. ``stats`` is needed only for OWL.
     """
     sides = sparsegpt_sides(cfg)
-    result = MaskResult({}, {}, layer_target=layer_targets(model, adapter, cfg, stats))
+    result = MaskResult({}, {}, layer_target=layer_targets(model, arch, cfg, stats))
     obs = dict(n_m=cfg.n_m, blocksize=cfg.sparsegpt.blocksize, damp=cfg.sparsegpt.damp)
-    for step in sequential_layers(model, adapter, {side: blocks[side] for side in sides}, batch_size, device,
+    for step in sequential_layers(model, arch, {side: blocks[side] for side in sides}, batch_size, device,
                                   desc=f"{cfg.method} ({cfg.base if cfg.method == 'task_aware' else cfg.stats})"):
-        hessians = {side: accumulate_inputs(step, adapter, side, lambda n: Hessian(n, device)) for side in sides}
+        hessians = {side: accumulate_inputs(step, arch, side, lambda n: Hessian(n, device)) for side in sides}
         sparsity = result.layer_target[step.index]
-        for name, module in adapter.linears(step.layer).items():
-            weight = adapter.weight(module)
+        for name, module in arch.linears(step.layer).items():
+            weight = arch.weight(module)
             if cfg.method == "sparsegpt":
                 pruned, keep = sparsegpt_prune(weight, hessians[cfg.stats][name].sum, sparsity, **obs)
                 task_excl = general_excl = None
@@ -172,21 +172,21 @@ def sparsegpt_masks(model, adapter, cfg: PruneConfig, stats: dict[str, SideStats
 
 
 @torch.no_grad()
-def apply_masks(model, adapter, masks: dict[str, torch.Tensor]) -> dict[str, float]:
+def apply_masks(model, arch, masks: dict[str, torch.Tensor]) -> dict[str, float]:
     """Zero the masked weights in place; returns the achieved sparsity of every linear."""
     achieved = {}
-    for key, module in adapter.named_linears(model).items():
-        weight = adapter.weight(module)
+    for key, module in arch.named_linears(model).items():
+        weight = arch.weight(module)
         weight.mul_(masks[key].to(weight.dtype))
         achieved[key] = 1 - torch.count_nonzero(weight).item() / weight.numel()
     return achieved
 
 
 @torch.no_grad()
-def load_updated_weights(model, adapter, weights: dict[str, torch.Tensor]) -> None:
+def load_updated_weights(model, arch, weights: dict[str, torch.Tensor]) -> None:
     """Copy saved decoder-linear weights (keyed like the masks) into the model."""
-    linears = adapter.named_linears(model)
+    linears = arch.named_linears(model)
     if set(weights) != set(linears):
         raise ValueError("updated weights do not match the model's decoder linears; re-run the score stage")
     for key, module in linears.items():
-        adapter.weight(module).copy_(weights[key])
+        arch.weight(module).copy_(weights[key])

@@ -7,7 +7,7 @@ and the pruning mask applied again (the merged model has exactly the pruned
 model's zeros), or the adapter is kept apart (``merge: false``) and the pruned
 weights stay untouched.
 
-A checkpoint (adapter weights, optimizer, step, loss history, RNG state) is written
+A checkpoint (LoRA adapter weights, optimizer, step, loss history, RNG state) is written
 every ``checkpoint_every`` steps; a killed run started again with the same inputs
 continues from the last one. Batches come from a seeded permutation per epoch, so a
 resumed run sees the same batches as an uninterrupted one.
@@ -31,7 +31,7 @@ from taskprune.errors import TaskPruneError
 from taskprune.pruning import apply_masks
 
 CHECKPOINT = "checkpoint.pt"
-ADAPTER_DIR = "adapter"  # in a recovered model dir saved with merge: false
+LORA_DIR = "adapter"  # in a recovered model dir saved with merge: false
 
 
 @dataclass
@@ -91,27 +91,27 @@ def run_fingerprint(*parts: bytes) -> str:
     return digest.hexdigest()[:16]
 
 
-def lora_targets(model, adapter) -> list[str]:
-    """PEFT ``target_modules``: the adapter's linear names; for a factorized (sieve) model, the module
+def lora_targets(model, arch) -> list[str]:
+    """PEFT ``target_modules``: the architecture's linear names; for a factorized (sieve) model, the module
     paths of every dense linear and of both factors (down, up) of every factorized one."""
     from taskprune.lowrank import FactorizedLinear, linear_paths
 
-    linears = adapter.named_linears(model)
+    linears = arch.named_linears(model)
     if not any(isinstance(m, FactorizedLinear) for m in linears.values()):
-        return list(adapter.lora_targets())
-    paths = linear_paths(model, adapter)
+        return list(arch.lora_targets())
+    paths = linear_paths(model, arch)
     return [f"{paths[key]}.{part}" if isinstance(module, FactorizedLinear) else paths[key]
             for key, module in linears.items() for part in (("down", "up") if isinstance(module, FactorizedLinear)
                                                            else ("",))]
 
 
-def lora_model(model, adapter, cfg: RecoverConfig):
-    """``model`` wrapped with LoRA on the adapter's prunable linears."""
+def lora_model(model, arch, cfg: RecoverConfig):
+    """``model`` wrapped with LoRA on the architecture's prunable linears."""
     from peft import LoraConfig, get_peft_model
 
-    torch.manual_seed(cfg.seed)  # the adapter's random init: the same run gives the same adapter
+    torch.manual_seed(cfg.seed)  # the LoRA init is random: the same seed gives the same adapter
     config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                        target_modules=lora_targets(model, adapter), fan_in_fan_out=adapter.weight_is_in_out,
+                        target_modules=lora_targets(model, arch), fan_in_fan_out=arch.weight_is_in_out,
                         bias="none", task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
@@ -163,10 +163,10 @@ def train_lora(peft_model, tokenizer, train: list[Example], cfg: RecoverConfig, 
 
 
 @torch.no_grad()
-def merge_keeping_masks(peft_model, adapter, masks: dict[str, torch.Tensor] | None):
+def merge_keeping_masks(peft_model, arch, masks: dict[str, torch.Tensor] | None):
     """Merge the LoRA deltas into the weights, then zero the pruned positions again
     (``masks=None``: a factorized model, whose factors keep their ranks when merged)."""
     model = peft_model.merge_and_unload()
     if masks is not None:
-        apply_masks(model, adapter, masks)
+        apply_masks(model, arch, masks)
     return model

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from taskprune import config
-from tasks.stages import dvc_environment
+from prefect_tasks.stages import dvc_environment
 
 
 def cli_env(project: Path) -> dict[str, str]:

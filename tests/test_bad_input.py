@@ -145,7 +145,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
 def test_bad_input_is_one_clear_message_exit_2_and_nothing_touched(case, project, monkeypatch, capsys):
     from botocore.exceptions import ClientError
 
-    from flows.cli import app
+    from flows.app import app
     from taskprune import sources
     from taskprune.cli import main
 

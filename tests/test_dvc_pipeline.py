@@ -76,15 +76,15 @@ def test_repro_skip_and_experiments(tiny_project):
     from taskprune.models.loading import load_local
 
     updated = load_file(str(project / "artifacts" / "updates" / "weights.safetensors"))
-    model, _, adapter = load_local(project / "artifacts" / "model" / "pruned")
+    model, _, arch = load_local(project / "artifacts" / "model" / "pruned")
     dense, _, _ = load_local(project / "artifacts" / "model" / "dense")
-    dense_linears = adapter.named_linears(dense)
-    for key, module in adapter.named_linears(model).items():
-        weight = adapter.weight(module)
+    dense_linears = arch.named_linears(dense)
+    for key, module in arch.named_linears(model).items():
+        weight = arch.weight(module)
         assert (weight.reshape(weight.shape[0], -1, 4) != 0).sum(dim=2).max() <= 2, key
         assert torch.equal(weight, updated[key]), key  # the pruned model carries SparseGPT's updated weights
         kept = weight != 0
-        assert not torch.equal(weight[kept], adapter.weight(dense_linears[key])[kept]), key  # OBS-updated
+        assert not torch.equal(weight[kept], arch.weight(dense_linears[key])[kept]), key  # OBS-updated
     assert json.loads((project / "metrics.json").read_text())["pruned"]["sparsity"] == pytest.approx(0.5, abs=0.01)
 
     recovered = dvc(project, "exp", "run", "-S", "recover.enabled=true", "-S", "recover.steps=4",

@@ -22,7 +22,7 @@ def eval_files(tmp_path_factory):
 
 
 def test_lm_eval_on_tiny_model(tiny_llama_dir, eval_files):
-    model, tokenizer, adapter = load_local(tiny_llama_dir)
+    model, tokenizer, arch = load_local(tiny_llama_dir)
     result = run_lm_eval(model, tokenizer, eval_files / "test.jsonl", batch_size=16, limit=None, device="cpu")
     assert result["test_examples"] == 40 and len(result["items"]) == 40
     assert result["task_accuracy"] == pytest.approx(sum(result["items"].values()) / 40)
@@ -32,8 +32,8 @@ def test_lm_eval_on_tiny_model(tiny_llama_dir, eval_files):
 
 
 def test_size_and_speed(tiny_llama_dir):
-    model, tokenizer, adapter = load_local(tiny_llama_dir)
-    size = size_metrics(model, adapter, tiny_llama_dir)
+    model, tokenizer, arch = load_local(tiny_llama_dir)
+    size = size_metrics(model, arch, tiny_llama_dir)
     assert size["params"] == sum(p.numel() for p in model.parameters())
     assert size["decoder_linear_params"] == 2 * (2 * 64 * 64 + 2 * 32 * 64 + 3 * 64 * 128)
     assert size["bytes_on_disk"] > 4 * size["params"] * 0.9

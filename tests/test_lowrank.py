@@ -72,10 +72,10 @@ def test_factorized_linear_runs_its_factors():
     assert sum(p.numel() for p in module.parameters() if p.dim() == 2) == 3 * (5 + 7)
 
 
-def _factors_for(model, adapter):
+def _factors_for(model, arch):
     factors = {}
-    for key, module in adapter.named_linears(model).items():
-        weight = adapter.weight(module)
+    for key, module in arch.named_linears(model).items():
+        weight = arch.weight(module)
         factors[key] = whitened_factors(weight, torch.eye(weight.shape[1]))
     return factors
 
@@ -84,10 +84,10 @@ def test_export_reloads_and_matches_the_in_memory_model(tiny_model_dir, tmp_path
     """Every architecture: factorize half the matrices, save, rebuild with transformers, same logits, generate."""
     import taskprune
 
-    model, tokenizer, adapter = load_local(tiny_model_dir)
-    keys = list(adapter.named_linears(model))
+    model, tokenizer, arch = load_local(tiny_model_dir)
+    keys = list(arch.named_linears(model))
     ranks = {key: (8 if i % 2 == 0 else None) for i, key in enumerate(keys)}
-    saved = factorize_model(model, adapter, _factors_for(model, adapter), ranks)
+    saved = factorize_model(model, arch, _factors_for(model, arch), ranks)
     assert len(saved) == (len(keys) + 1) // 2
     save_factorized(model, tokenizer, saved, tmp_path / "out")
     ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
@@ -105,9 +105,9 @@ def test_export_reloads_and_matches_the_in_memory_model(tiny_model_dir, tmp_path
 def test_reload_refuses_weights_that_do_not_match_the_ranks(tiny_llama_dir, tmp_path):
     import json
 
-    model, tokenizer, adapter = load_local(tiny_llama_dir)
-    key = next(iter(adapter.named_linears(model)))
-    saved = factorize_model(model, adapter, _factors_for(model, adapter), {key: 4})
+    model, tokenizer, arch = load_local(tiny_llama_dir)
+    key = next(iter(arch.named_linears(model)))
+    saved = factorize_model(model, arch, _factors_for(model, arch), {key: 4})
     save_factorized(model, tokenizer, saved, tmp_path)
     spec = json.loads((tmp_path / "lowrank.json").read_text())
     spec["ranks"] = {path: 6 for path in spec["ranks"]}

@@ -8,29 +8,29 @@ import torch
 from taskprune.calibration import collect_input_square_sums, hooks_removed_on_exit
 from taskprune.data.tokens import token_blocks
 from taskprune.errors import TaskPruneError
-from taskprune.models.adapters import adapter_for
+from taskprune.models.architectures import architecture_for
 from taskprune.models.loading import check_model_dir, load_local, resolve_source
 from taskprune.pruning import apply_masks
 from taskprune import masks as masklib
 
 
 def test_adapter_contract(tiny_model_dir):
-    model, tokenizer, adapter = load_local(tiny_model_dir)
-    layers = adapter.layers(model)
+    model, tokenizer, arch = load_local(tiny_model_dir)
+    layers = arch.layers(model)
     assert len(layers) == model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") else 2
-    linears = adapter.named_linears(model)
-    assert len(linears) == len(layers) * len(adapter.linear_names)
+    linears = arch.named_linears(model)
+    assert len(linears) == len(layers) * len(arch.linear_names)
     for key, module in linears.items():
-        weight = adapter.weight(module)
+        weight = arch.weight(module)
         assert weight.dim() == 2 and weight.data_ptr() == module.weight.data_ptr()  # a view, not a copy
-        assert adapter.in_features(module) == weight.shape[1]
+        assert arch.in_features(module) == weight.shape[1]
 
 
-def brute_force_square_sums(model, adapter, input_ids):
+def brute_force_square_sums(model, arch, input_ids):
     """Whole-model forward (no layer-by-layer replay) with hooks on every linear."""
     sums = {}
     with hooks_removed_on_exit() as handles:
-        for key, module in adapter.named_linears(model).items():
+        for key, module in arch.named_linears(model).items():
             def hook(_m, inputs, _out, key=key):
                 x = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
                 sums[key] = sums.get(key, 0) + (x * x).sum(0)
@@ -41,16 +41,16 @@ def brute_force_square_sums(model, adapter, input_ids):
 
 
 def test_sequential_calibration_matches_whole_model_forward(tiny_model_dir):
-    model, tokenizer, adapter = load_local(tiny_model_dir)
+    model, tokenizer, arch = load_local(tiny_model_dir)
     torch.manual_seed(0)
     input_ids = torch.randint(0, len(tokenizer), (6, 24))
-    stats = collect_input_square_sums(model, adapter, input_ids, batch_size=4)  # 2 batches, uneven
-    expected = brute_force_square_sums(model, adapter, input_ids)
+    stats = collect_input_square_sums(model, arch, input_ids, batch_size=4)  # 2 batches, uneven
+    expected = brute_force_square_sums(model, arch, input_ids)
     assert stats.keys() == expected.keys()
     for key in stats:
         assert torch.allclose(stats[key].double(), expected[key], rtol=1e-4, atol=1e-5), key
     # hooks are gone afterwards
-    assert all(not m._forward_hooks for m in adapter.named_linears(model).values())
+    assert all(not m._forward_hooks for m in arch.named_linears(model).values())
 
 
 def test_token_blocks_never_repeat_text(tiny_llama_dir):
@@ -64,17 +64,17 @@ def test_token_blocks_never_repeat_text(tiny_llama_dir):
 
 
 def test_masks_applied_exactly(tiny_model_dir):
-    model, _, adapter = load_local(tiny_model_dir)
-    generated = {k: masklib.unstructured_mask(adapter.weight(m).abs(), 0.5) for k, m in adapter.named_linears(model).items()}
-    achieved = apply_masks(model, adapter, generated)
-    for key, module in adapter.named_linears(model).items():
-        assert torch.equal(adapter.weight(module) != 0, generated[key])
+    model, _, arch = load_local(tiny_model_dir)
+    generated = {k: masklib.unstructured_mask(arch.weight(m).abs(), 0.5) for k, m in arch.named_linears(model).items()}
+    achieved = apply_masks(model, arch, generated)
+    for key, module in arch.named_linears(model).items():
+        assert torch.equal(arch.weight(module) != 0, generated[key])
         assert achieved[key] == pytest.approx(0.5, abs=0.02)
 
 
 def test_unknown_architecture_is_a_clear_error():
     with pytest.raises(TaskPruneError, match="unknown architecture 'mamba'.*supported: gpt2, llama"):
-        adapter_for("mamba")
+        architecture_for("mamba")
 
 
 def test_model_dir_checks(tmp_path, tiny_llama_dir):

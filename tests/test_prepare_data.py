@@ -9,7 +9,7 @@ from taskprune.config import Params
 from taskprune.errors import TaskPruneError
 from taskprune.paths import Project, atomic_dir, read_json
 from taskprune.stages import prepare_data
-from tasks.stages import task_source_changed
+from prefect_tasks.stages import task_source_changed
 
 ROWS = [{"query": f"Question {i}?", "choices": ["yes", "no", "maybe"], "gold": i % 3} for i in range(40)]
 

@@ -21,10 +21,10 @@ ROWS = builtin.sentiment(0)[:48]
 
 
 def pruned_tiny(model_dir):
-    model, tokenizer, adapter = load_local(model_dir)
-    masks = compute_masks(model, adapter, PruneConfig(method="magnitude", sparsity=0.5), None).masks
-    apply_masks(model, adapter, masks)
-    return model, tokenizer, adapter, masks
+    model, tokenizer, arch = load_local(model_dir)
+    masks = compute_masks(model, arch, PruneConfig(method="magnitude", sparsity=0.5), None).masks
+    apply_masks(model, arch, masks)
+    return model, tokenizer, arch, masks
 
 
 def training_loss(peft_model, tokenizer, examples):
@@ -35,24 +35,24 @@ def training_loss(peft_model, tokenizer, examples):
 
 
 def test_merge_keeps_the_zero_pattern_on_every_architecture(tiny_model_dir, tmp_path):
-    model, tokenizer, adapter, masks = pruned_tiny(tiny_model_dir)
-    before = {k: adapter.weight(m).clone() for k, m in adapter.named_linears(model).items()}
-    peft_model = lora_model(model, adapter, RecoverConfig(rank=4))
+    model, tokenizer, arch, masks = pruned_tiny(tiny_model_dir)
+    before = {k: arch.weight(m).clone() for k, m in arch.named_linears(model).items()}
+    peft_model = lora_model(model, arch, RecoverConfig(rank=4))
     train_lora(peft_model, tokenizer, ROWS, RecoverConfig(rank=4, steps=3, learning_rate=0.05, batch_size=4),
                tmp_path / "ckpt", "cpu")
-    merged = merge_keeping_masks(peft_model, adapter, masks)
+    merged = merge_keeping_masks(peft_model, arch, masks)
     changed = 0
-    for key, module in adapter.named_linears(merged).items():
-        weight = adapter.weight(module)
+    for key, module in arch.named_linears(merged).items():
+        weight = arch.weight(module)
         assert torch.equal(weight != 0, masks[key]), key  # exactly the pruned model's zeros
         changed += int(not torch.allclose(weight, before[key]))
     assert changed > 0  # the merge did move the kept weights
 
 
 def test_recovery_lowers_the_training_loss(tiny_llama_dir, tmp_path):
-    model, tokenizer, adapter, _ = pruned_tiny(tiny_llama_dir)
+    model, tokenizer, arch, _ = pruned_tiny(tiny_llama_dir)
     cfg = RecoverConfig(rank=8, steps=40, learning_rate=5e-3, batch_size=8, dropout=0.0)
-    peft_model = lora_model(model, adapter, cfg)
+    peft_model = lora_model(model, arch, cfg)
     start = training_loss(peft_model, tokenizer, ROWS)
     result = train_lora(peft_model, tokenizer, ROWS, cfg, tmp_path / "ckpt", "cpu")
     assert training_loss(peft_model, tokenizer, ROWS) < 0.9 * start
@@ -65,8 +65,8 @@ def test_a_killed_run_resumes_to_the_same_adapter(tiny_llama_dir, tmp_path):
     cfg = RecoverConfig(rank=4, steps=12, learning_rate=1e-2, batch_size=8, checkpoint_every=5, dropout=0.1)
 
     def fresh():
-        model, tokenizer, adapter, _ = pruned_tiny(tiny_llama_dir)
-        return lora_model(model, adapter, cfg), tokenizer
+        model, tokenizer, arch, _ = pruned_tiny(tiny_llama_dir)
+        return lora_model(model, arch, cfg), tokenizer
 
     straight, tokenizer = fresh()
     whole = train_lora(straight, tokenizer, ROWS, cfg, tmp_path / "a", "cpu")
@@ -113,7 +113,7 @@ def test_recover_stage_trains_on_the_calibration_split_only(tiny_llama_dir, tmp_
         "evaluate": {"perplexity_docs": 4, "decode_tokens": 2, "limit": 8},
         "recover": {"enabled": True, "steps": 3, "rank": 4, "merge": merge, "checkpoint_every": 2}})
     prepare_data.run(params, project)
-    model, tokenizer, adapter, masks = pruned_tiny(tiny_llama_dir)
+    model, tokenizer, arch, masks = pruned_tiny(tiny_llama_dir)
     save_model(model, tokenizer, project.pruned_model)
     write_json(project.pruned_model / "stage.json", {"method": "magnitude"})
     project.masks.mkdir(parents=True)
@@ -125,9 +125,9 @@ def test_recover_stage_trains_on_the_calibration_split_only(tiny_llama_dir, tmp_
     assert set(info["train_ids"]) == calib and not calib & test
     assert info["sparsity"] == pytest.approx(0.5, abs=0.01) and info["merge"] is merge
     assert not (project.state / "checkpoints").exists() or not any((project.state / "checkpoints").iterdir())
-    recovered, _, adapter = load_local(project.recovered_model)
-    for key, module in adapter.named_linears(recovered).items():
-        assert torch.equal(adapter.weight(module) != 0, masks[key]), key
+    recovered, _, arch = load_local(project.recovered_model)
+    for key, module in arch.named_linears(recovered).items():
+        assert torch.equal(arch.weight(module) != 0, masks[key]), key
     assert (project.recovered_model / "adapter").is_dir() is (not merge)
     result = evaluate.evaluate_model(params, project, "recovered")
     assert 0 <= result["task_accuracy"] <= 1

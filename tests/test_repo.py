@@ -24,14 +24,14 @@ def test_readme_install_command_uses_the_lock_with_exact_torch():
 
 def test_library_does_not_import_prefect():
     offenders = [p for p in (REPO / "taskprune").rglob("*.py")
-                 if re.search(r"^\s*(import|from)\s+(prefect|flows|tasks)\b", p.read_text(), flags=re.M)]
+                 if re.search(r"^\s*(import|from)\s+(prefect|flows|prefect_tasks)\b", p.read_text(), flags=re.M)]
     assert offenders == []
 
 
-def test_model_specific_names_only_in_adapters():
+def test_model_specific_names_only_in_architectures():
     names = re.compile(r"q_proj|gate_proj|c_attn|model\.layers|transformer\.h\b|decoder\.layers")
     offenders = [p for p in (REPO / "taskprune").rglob("*.py")
-                 if "adapters" not in p.parts and names.search(p.read_text())]
+                 if "architectures" not in p.parts and names.search(p.read_text())]
     assert offenders == []
 
 

@@ -207,8 +207,8 @@ def test_process_workers_compute_the_serial_fitness(tiny_llama_dir, tmp_path):
     run_stages(params, project, "prepare_data", "calibrate", "score")
     from taskprune.models.loading import load_local
 
-    model, _, adapter = load_local(project.dense_model)
-    shapes = {k: tuple(adapter.weight(m).shape) for k, m in adapter.named_linears(model).items()}
+    model, _, arch = load_local(project.dense_model)
+    shapes = {k: tuple(arch.weight(m).shape) for k, m in arch.named_linears(model).items()}
     space, values, kind = level_space(params, shapes)
     spec = worker_spec(params, project, values, kind)
     genomes = np.stack([space.uniform, np.zeros_like(space.uniform), np.full_like(space.uniform, 5)])

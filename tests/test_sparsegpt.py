@@ -90,18 +90,18 @@ def test_task_aware_sparsegpt_degenerate_cases():
 
 def test_sequential_pass_feeds_each_layer_the_changed_outputs(tiny_llama_dir):
     """After layer 0 is changed, layer 1 sees the changed model's activations, not the dense ones."""
-    model, _, adapter = load_local(tiny_llama_dir)
+    model, _, arch = load_local(tiny_llama_dir)
     ids = torch.randint(0, model.config.vocab_size, (4, 16), generator=torch.Generator().manual_seed(0))
-    dense = collect_input_square_sums(model, adapter, ids, batch_size=2)
+    dense = collect_input_square_sums(model, arch, ids, batch_size=2)
     seen = {}
-    for step in sequential_layers(model, adapter, {"s": ids}, 2, "cpu", "test"):
-        sums = accumulate_inputs(step, adapter, "s", SquareSums)
+    for step in sequential_layers(model, arch, {"s": ids}, 2, "cpu", "test"):
+        sums = accumulate_inputs(step, arch, "s", SquareSums)
         seen.update({f"{step.index}.{name}": acc.sum.float() for name, acc in sums.items()})
         if step.index == 0:
-            for module in adapter.linears(step.layer).values():
-                adapter.weight(module).mul_(0.5)
+            for module in arch.linears(step.layer).values():
+                arch.weight(module).mul_(0.5)
             step.changed()
-    changed = collect_input_square_sums(model, adapter, ids, batch_size=2)  # whole model, layer 0 halved
+    changed = collect_input_square_sums(model, arch, ids, batch_size=2)  # whole model, layer 0 halved
     for key in (k for k in seen if not k.startswith("0.")):  # layer 0's own inputs change within the layer
         assert torch.allclose(seen[key], changed[key], rtol=1e-4), key
     first_of_layer_1 = next(k for k in seen if k.startswith("1."))
@@ -130,13 +130,13 @@ def tiny_blocks(model, seed):
 ])
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_sparsegpt_methods_on_every_architecture(tiny_model_dir, cfg, pattern):
-    model, _, adapter = load_local(tiny_model_dir)
-    dense = {k: adapter.weight(m).clone() for k, m in adapter.named_linears(model).items()}
+    model, _, arch = load_local(tiny_model_dir)
+    dense = {k: arch.weight(m).clone() for k, m in arch.named_linears(model).items()}
     blocks = {"general": tiny_blocks(model, 0), "task": tiny_blocks(model, 1)}
     config = PruneConfig.model_validate({**cfg, "pattern": pattern, "sparsegpt": {"blocksize": 8}})
-    result = sparsegpt_masks(model, adapter, config, None, blocks, batch_size=2)
-    for key, module in adapter.named_linears(model).items():
-        mask, weight = result.masks[key], adapter.weight(module)
+    result = sparsegpt_masks(model, arch, config, None, blocks, batch_size=2)
+    for key, module in arch.named_linears(model).items():
+        mask, weight = result.masks[key], arch.weight(module)
         if pattern == "2:4":
             assert (mask.reshape(mask.shape[0], -1, 4).sum(dim=2) == 2).all(), key
         else:
@@ -148,14 +148,14 @@ def test_sparsegpt_methods_on_every_architecture(tiny_model_dir, cfg, pattern):
 
 
 def test_sparsegpt_with_owl_allocation(tiny_llama_dir):
-    model, _, adapter = load_local(tiny_llama_dir)
-    linears = adapter.named_linears(model)
+    model, _, arch = load_local(tiny_llama_dir)
+    linears = arch.named_linears(model)
     gen = torch.Generator().manual_seed(0)
-    stats = {side: SideStats({k: torch.rand(adapter.in_features(m), generator=gen) * 10 + 0.1
+    stats = {side: SideStats({k: torch.rand(arch.in_features(m), generator=gen) * 10 + 0.1
                               for k, m in linears.items()}, 64) for side in ("general", "task")}
     cfg = PruneConfig(method="sparsegpt", allocation="owl", sparsity=0.6)
-    owl = compute_masks(model, adapter, PruneConfig(method="wanda", allocation="owl", sparsity=0.6), stats)
-    result = sparsegpt_masks(model, adapter, cfg, stats, {"general": tiny_blocks(model, 0)}, batch_size=2)
+    owl = compute_masks(model, arch, PruneConfig(method="wanda", allocation="owl", sparsity=0.6), stats)
+    result = sparsegpt_masks(model, arch, cfg, stats, {"general": tiny_blocks(model, 0)}, batch_size=2)
     assert result.layer_target == owl.layer_target  # OWL ratios from Wanda scores of the dense model
     total = sum(m.numel() for m in result.masks.values())
     assert 1 - sum(int(m.sum()) for m in result.masks.values()) / total == pytest.approx(0.6, abs=0.01)

@@ -72,10 +72,10 @@ def test_owl_averages_to_target_and_favours_outlier_layers():
     assert outlier_ratio([torch.tensor([1.0, 1.0, 1.0, 1.0, 100.0])], m=3) == pytest.approx(0.2)
 
 
-def tiny_stats(model, adapter, seed):
+def tiny_stats(model, arch, seed):
     gen = torch.Generator().manual_seed(seed)
-    return SideStats({k: torch.rand(adapter.in_features(m), generator=gen) * 10 + 0.1
-                      for k, m in adapter.named_linears(model).items()}, tokens=64)
+    return SideStats({k: torch.rand(arch.in_features(m), generator=gen) * 10 + 0.1
+                      for k, m in arch.named_linears(model).items()}, tokens=64)
 
 
 @pytest.mark.parametrize("cfg", [
@@ -85,9 +85,9 @@ def tiny_stats(model, adapter, seed):
 ])
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_every_scorer_gives_valid_masks(tiny_model_dir, cfg, pattern):
-    model, _, adapter = load_local(tiny_model_dir)
-    stats = {"general": tiny_stats(model, adapter, 0), "task": tiny_stats(model, adapter, 1)}
-    result = compute_masks(model, adapter, PruneConfig.model_validate({**cfg, "pattern": pattern}), stats)
+    model, _, arch = load_local(tiny_model_dir)
+    stats = {"general": tiny_stats(model, arch, 0), "task": tiny_stats(model, arch, 1)}
+    result = compute_masks(model, arch, PruneConfig.model_validate({**cfg, "pattern": pattern}), stats)
     for key, mask in result.masks.items():
         if pattern == "2:4":
             assert (mask.reshape(mask.shape[0], -1, 4).sum(dim=2) == 2).all(), key
@@ -99,10 +99,10 @@ def test_every_scorer_gives_valid_masks(tiny_model_dir, cfg, pattern):
 
 
 def test_owl_allocation_on_a_tiny_model(tiny_llama_dir):
-    model, _, adapter = load_local(tiny_llama_dir)
-    stats = {"general": tiny_stats(model, adapter, 0), "task": tiny_stats(model, adapter, 1)}
+    model, _, arch = load_local(tiny_llama_dir)
+    stats = {"general": tiny_stats(model, arch, 0), "task": tiny_stats(model, arch, 1)}
     cfg = PruneConfig.model_validate({"method": "wanda", "allocation": "owl", "sparsity": 0.6})
-    result = compute_masks(model, adapter, cfg, stats)
+    result = compute_masks(model, arch, cfg, stats)
     total = sum(m.numel() for m in result.masks.values())
     achieved = 1 - sum(int(m.sum()) for m in result.masks.values()) / total
     assert achieved == pytest.approx(0.6, abs=0.01)

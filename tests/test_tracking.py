@@ -66,10 +66,10 @@ def test_sieve_run_logs_convergence_pareto_front_and_the_factorized_model_as_fil
     from taskprune.lowrank import factorize_model, save_factorized, whitened_factors
     from taskprune.models.loading import load_local
 
-    model, tokenizer, adapter = load_local(tiny_llama_dir)
-    linears = adapter.named_linears(model)
-    factors = {k: whitened_factors(adapter.weight(m), None) for k, m in linears.items()}
-    save_factorized(model, tokenizer, factorize_model(model, adapter, factors, {k: 4 for k in linears}),
+    model, tokenizer, arch = load_local(tiny_llama_dir)
+    linears = arch.named_linears(model)
+    factors = {k: whitened_factors(arch.weight(m), None) for k, m in linears.items()}
+    save_factorized(model, tokenizer, factorize_model(model, arch, factors, {k: 4 for k in linears}),
                     tmp_path / "sieve")
     params = Params.model_validate({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
                                     "prune": {"method": "sieve", "allocation": "search"}})

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from taskprune.errors import TaskPruneError
-from taskprune.models.adapters import ModelAdapter
+from taskprune.models.architectures import Architecture
 
 
 SIDES = ("general", "task")  # the two calibration corpora: general text, task text
@@ -59,10 +59,10 @@ def _non_layer_modules(model: nn.Module, layers: nn.ModuleList) -> list[nn.Modul
             if id(m) not in layer_ids and not any(True for _ in m.children())]
 
 
-def capture_layer_inputs(model: nn.Module, adapter: ModelAdapter, input_ids: torch.Tensor,
+def capture_layer_inputs(model: nn.Module, arch: Architecture, input_ids: torch.Tensor,
                          batch_size: int, device: str) -> list[tuple[tuple, dict]]:
     """Run the model up to decoder layer 0 for each batch; return that layer's (args, kwargs)."""
-    layers = adapter.layers(model)
+    layers = arch.layers(model)
     captured: list[tuple[tuple, dict]] = []
 
     def grab(_module, args, kwargs):
@@ -126,15 +126,15 @@ class LayerPass:
 
 
 @torch.no_grad()
-def sequential_layers(model: nn.Module, adapter: ModelAdapter, blocks: dict[str, torch.Tensor], batch_size: int,
+def sequential_layers(model: nn.Module, arch: Architecture, blocks: dict[str, torch.Tensor], batch_size: int,
                       device: str, desc: str) -> Iterator[LayerPass]:
     """Yield each decoder layer, on the device, with the inputs it gets from the layers before it.
 
     The model runs once up to layer 0 per side; from then on each layer runs on the
     previous layer's outputs (after any changes the caller made to that layer).
     """
-    layers = adapter.layers(model)
-    inputs = {side: capture_layer_inputs(model, adapter, ids, batch_size, device) for side, ids in blocks.items()}
+    layers = arch.layers(model)
+    inputs = {side: capture_layer_inputs(model, arch, ids, batch_size, device) for side, ids in blocks.items()}
     for index, layer in enumerate(tqdm(layers, desc=desc, unit="layer")):
         with _onloaded([layer], device):
             step = LayerPass(index, layer, inputs, device)
@@ -190,13 +190,13 @@ class Moments:
         self.hessian.add(contribution[1], tokens)
 
 
-def accumulate_inputs(step: LayerPass, adapter: ModelAdapter, side: str, make: Callable[[int], object]) -> dict:
+def accumulate_inputs(step: LayerPass, arch: Architecture, side: str, make: Callable[[int], object]) -> dict:
     """Run ``step``'s layer on one side with an accumulator (``make(in_features)``) on every linear's input.
 
     Linears that read the same input tensor (q/k/v, gate/up) share one computation of its contribution.
     """
-    linears = adapter.linears(step.layer)
-    accs = {name: make(adapter.in_features(module)) for name, module in linears.items()}
+    linears = arch.linears(step.layer)
+    accs = {name: make(arch.in_features(module)) for name, module in linears.items()}
     last: dict = {"input": None, "contribution": None}
 
     def hook(acc, inp):
@@ -213,7 +213,7 @@ def accumulate_inputs(step: LayerPass, adapter: ModelAdapter, side: str, make: C
 
 
 @torch.no_grad()
-def collect_input_square_sums(model: nn.Module, adapter: ModelAdapter, input_ids: torch.Tensor,
+def collect_input_square_sums(model: nn.Module, arch: Architecture, input_ids: torch.Tensor,
                               batch_size: int = 8, device: str = "cpu", desc: str = "calibrating",
                               moments: bool = False):
     """Sum over all calibration tokens of x_j^2 for every input channel j of every decoder linear.
@@ -225,8 +225,8 @@ def collect_input_square_sums(model: nn.Module, adapter: ModelAdapter, input_ids
     """
     stats: dict[str, torch.Tensor] = {}
     second: dict[str, torch.Tensor] = {}
-    for step in sequential_layers(model, adapter, {"calibration": input_ids}, batch_size, device, desc):
-        accs = accumulate_inputs(step, adapter, "calibration", Moments if moments else SquareSums)
+    for step in sequential_layers(model, arch, {"calibration": input_ids}, batch_size, device, desc):
+        accs = accumulate_inputs(step, arch, "calibration", Moments if moments else SquareSums)
         layer_moments: list[torch.Tensor] = []
         for name, acc in accs.items():
             key = f"{step.index}.{name}"

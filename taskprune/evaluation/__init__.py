@@ -109,14 +109,14 @@ def perplexity(model, tokenizer, texts: list[str], seq_len: int, batch_size: int
     return {"perplexity": math.exp(nll / count), "perplexity_tokens": count}
 
 
-def size_metrics(model, adapter, model_dir: Path) -> dict:
+def size_metrics(model, arch, model_dir: Path) -> dict:
     """Stored parameters (tied weights once), non-zeros, decoder-linear parameters, bytes on disk."""
     params = nonzero = 0
     for p in model.parameters():  # parameters() already skips tied duplicates
         params += p.numel()
         nonzero += int(torch.count_nonzero(p).item())
     # the matrices of every decoder linear (a factorized one has two: down and up; biases not counted)
-    matrices = [p for m in adapter.named_linears(model).values() for p in m.parameters() if p.dim() == 2]
+    matrices = [p for m in arch.named_linears(model).values() for p in m.parameters() if p.dim() == 2]
     decoder_linear = sum(p.numel() for p in matrices)
     decoder_linear_nonzero = sum(int(torch.count_nonzero(p).item()) for p in matrices)
     return {

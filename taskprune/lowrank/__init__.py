@@ -160,17 +160,17 @@ def replace_module(root: nn.Module, path: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_path) if parent_path else root, child, new)
 
 
-def linear_paths(model: nn.Module, adapter) -> dict[str, str]:
+def linear_paths(model: nn.Module, arch) -> dict[str, str]:
     """Matrix key ``"<layer>.<linear>"`` -> module path in the model."""
     names = {id(m): n for n, m in model.named_modules()}
-    return {key: names[id(module)] for key, module in adapter.named_linears(model).items()}
+    return {key: names[id(module)] for key, module in arch.named_linears(model).items()}
 
 
 @torch.no_grad()
-def factorize_model(model: nn.Module, adapter, factors: dict[str, Factors], ranks: dict[str, int | None]) -> dict:
+def factorize_model(model: nn.Module, arch, factors: dict[str, Factors], ranks: dict[str, int | None]) -> dict:
     """Replace every linear with a rank in ``ranks`` by a FactorizedLinear; returns {module path: rank}."""
-    paths = linear_paths(model, adapter)
-    linears = adapter.named_linears(model)
+    paths = linear_paths(model, arch)
+    linears = arch.named_linears(model)
     done = {}
     for key, rank in ranks.items():
         if rank is None:
@@ -237,12 +237,12 @@ def mixed_moment(general: torch.Tensor | None, task: torch.Tensor, general_weigh
 
 
 @torch.no_grad()
-def sieve_factors(model: nn.Module, adapter, moments: dict[str, dict[str, torch.Tensor]], general_weight: float,
+def sieve_factors(model: nn.Module, arch, moments: dict[str, dict[str, torch.Tensor]], general_weight: float,
                   damp: float, progress=None) -> dict[str, Factors]:
     """Output-aware factors of every decoder linear, up to the break-even rank (every level is a truncation)."""
     factors = {}
-    for key, module in adapter.named_linears(model).items():
-        weight = adapter.weight(module)
+    for key, module in arch.named_linears(model).items():
+        weight = arch.weight(module)
         h = mixed_moment(moments["general"][key] if "general" in moments else None, moments["task"][key],
                          general_weight)
         factors[key] = whitened_factors(weight, h, damp, max_rank=int(breakeven_rank(*weight.shape)))

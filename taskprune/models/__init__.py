@@ -1,1 +1,1 @@
-"""Model loading and architecture adapters."""
+"""Model loading and architecture architectures."""

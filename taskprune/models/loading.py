@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from taskprune.errors import TaskPruneError
-from taskprune.models.adapters import ModelAdapter, adapter_for
+from taskprune.models.architectures import Architecture, architecture_for
 from taskprune.sources import file_from_wheel
 
 
@@ -56,7 +56,7 @@ def local_model_dir(name: str, project_root: Path) -> Path | None:
     if path.is_dir():
         check_model_dir(path)
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        adapter_for(config.get("model_type", "unknown"), f"model.name {name!r}")
+        architecture_for(config.get("model_type", "unknown"), f"model.name {name!r}")
         return path
     if name.startswith((".", "/", "~")) or name.strip("/").count("/") > 1:
         raise TaskPruneError(f"model.name: directory {path} not found (and not a hub id)")
@@ -75,8 +75,8 @@ def check_model_dir(path: Path) -> None:
         raise TaskPruneError(f"{path}: no *.safetensors weights")
 
 
-def _check_architecture(config, where: str) -> ModelAdapter:
-    return adapter_for(getattr(config, "model_type", "unknown"), where)
+def _check_architecture(config, where: str) -> Architecture:
+    return architecture_for(getattr(config, "model_type", "unknown"), where)
 
 
 def load_source(source: ModelSource, revision: str | None = None, device: str = "cpu"):
@@ -142,7 +142,7 @@ def fetch(name: str, revision: str | None, out_dir: Path, project_root: Path, st
 
 
 def load_local(path: Path, device: str = "cpu"):
-    """Load a project model directory (dense, pruned, or a factorized sieve export) with its adapter."""
+    """Load a project model directory (dense, pruned, or a factorized sieve export) with its arch."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from taskprune.lowrank import is_factorized, load_factorized

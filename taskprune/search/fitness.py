@@ -57,8 +57,8 @@ class FitnessWorker:
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.spec = spec
-        model, tokenizer, adapter = load_local(Path(spec.model_dir), "cpu")
-        self.model, self.adapter = model, adapter
+        model, tokenizer, arch = load_local(Path(spec.model_dir), "cpu")
+        self.model, self.arch = model, arch
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.examples = read_jsonl(Path(spec.examples_file))[:spec.examples]
         self.tokenizer = tokenizer
@@ -70,14 +70,14 @@ class FitnessWorker:
 
     # -- levels ------------------------------------------------------------------------------
     def _setup_levels(self, spec: WorkerSpec) -> None:
-        linears = self.adapter.named_linears(self.model)
+        linears = self.arch.named_linears(self.model)
         if spec.kind == "lowrank":
             factors = load_factors(Path(spec.factors_file))
-            paths = linear_paths(self.model, self.adapter)
+            paths = linear_paths(self.model, self.arch)
             self.modules = {}
             for key in self.keys:
                 module = linears[key]
-                level = LevelLinear(self.adapter.weight(module), module_bias(module), factors[key])
+                level = LevelLinear(self.arch.weight(module), module_bias(module), factors[key])
                 replace_module(self.model, paths[key], level)
                 self.modules[key] = level
         else:
@@ -87,7 +87,7 @@ class FitnessWorker:
             prune_cfg, stats_dir = spec.scores
             cfg = PruneConfig.model_validate(prune_cfg)
             score = make_scorer(cfg, load_stats(stats_dir, cfg.method))
-            self.weights = {key: self.adapter.weight(linears[key]) for key in self.keys}
+            self.weights = {key: self.arch.weight(linears[key]) for key in self.keys}
             self.dense = {key: w.clone() for key, w in self.weights.items()}
             self.ranks = {key: row_ranks(score(key, self.dense[key])[0]) for key in self.keys}
 

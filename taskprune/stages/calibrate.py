@@ -36,13 +36,13 @@ def run(params: Params, project: Project) -> None:
     timer = StageTimer(project, "calibrate")
     cfg = params.calibration
     device = pick_device(params.model.device)
-    model, tokenizer, adapter = load_local(project.dense_model, "cpu")  # layers are onloaded one at a time
+    model, tokenizer, arch = load_local(project.dense_model, "cpu")  # layers are onloaded one at a time
     moments = params.prune.method == "sieve"  # LLM-Sieve factorises with the full input second moments
     record = {"device": device, "num_samples": cfg.num_samples, "seq_len": cfg.seq_len, "moments": moments}
     with atomic_dir(project.stats) as out, atomic_dir(project.moments) as moments_out:
         for side, ids in calibration_blocks(project, cfg, tokenizer).items():
             started = timer.seconds()
-            stats = collect_input_square_sums(model, adapter, ids, cfg.batch_size, device, desc=f"calibrate {side}",
+            stats = collect_input_square_sums(model, arch, ids, cfg.batch_size, device, desc=f"calibrate {side}",
                                               moments=moments)
             metadata = {"side": side, "tokens": ids.numel(), "seq_len": cfg.seq_len}
             if moments:

@@ -14,7 +14,7 @@ from taskprune.evaluation import evaluate_loaded, size_metrics
 from taskprune.models.loading import load_local, pick_device
 from taskprune.paths import Project, StageTimer, read_json, write_json
 from taskprune.stages.prepare_data import read_texts
-from taskprune.recovery import ADAPTER_DIR
+from taskprune.recovery import LORA_DIR
 
 TIMED_STAGES = ("fetch_model", "prepare_data", "calibrate", "score", "search", "prune", "recover", "evaluate_dense", "evaluate",
                 "evaluate_recovered")
@@ -38,17 +38,17 @@ def recovery_enabled(project: Project) -> bool:
 def evaluate_model(params: Params, project: Project, which: str) -> dict:
     device = pick_device(params.model.device)
     directory = model_dir(project, which)
-    model, tokenizer, adapter = load_local(directory, device)
-    sizes = size_metrics(model, adapter, directory)
-    if (directory / ADAPTER_DIR).is_dir():  # recovered with merge: false: the pruned weights + a LoRA adapter
+    model, tokenizer, arch = load_local(directory, device)
+    sizes = size_metrics(model, arch, directory)
+    if (directory / LORA_DIR).is_dir():  # recovered with merge: false: the pruned weights + a LoRA adapter
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(directory / ADAPTER_DIR))
+        model = PeftModel.from_pretrained(model, str(directory / LORA_DIR))
         lora = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
         sizes.update(params=sizes["params"] + lora, nonzero_params=sizes["nonzero_params"] + lora,
                      adapter_params=lora,
                      bytes_on_disk=sizes["bytes_on_disk"] + sum(
-                         f.stat().st_size for f in (directory / ADAPTER_DIR).glob("*.safetensors")))
+                         f.stat().st_size for f in (directory / LORA_DIR).glob("*.safetensors")))
     print(f"evaluating {which} model on the test split and held-out general text ...", flush=True)
     held_out = read_texts(project.data / "general_eval.jsonl")
     result = evaluate_loaded(model, tokenizer, project.data / "task_test.jsonl", held_out, params.evaluate, device)

@@ -26,9 +26,9 @@ def run_sieve(params: Params, project: Project) -> None:
     """Replace every matrix given a rank by the search with its factors; export the smaller model."""
     from taskprune.lowrank import factorize_model, load_factors, save_factorized
 
-    model, tokenizer, adapter = load_local(project.dense_model, "cpu")
+    model, tokenizer, arch = load_local(project.dense_model, "cpu")
     allocation = read_json(project.search / "allocation.json")
-    ranks = factorize_model(model, adapter, load_factors(project.updates / "factors.safetensors"),
+    ranks = factorize_model(model, arch, load_factors(project.updates / "factors.safetensors"),
                             allocation["values"])
     with atomic_dir(project.pruned_model) as out:
         save_factorized(model, tokenizer, ranks, out)
@@ -45,11 +45,11 @@ def run(params: Params, project: Project) -> None:
         run_sieve(params, project)
         timer.done(method="sieve")
         return
-    model, tokenizer, adapter = load_local(project.dense_model, "cpu")
+    model, tokenizer, arch = load_local(project.dense_model, "cpu")
     updated = project.updates / "weights.safetensors"
     if updated.exists():  # SparseGPT: the OBS-updated weights replace the dense ones before masking
-        load_updated_weights(model, adapter, load_file(str(updated)))
-    achieved = apply_masks(model, adapter, masklib.load_masks(project.mask_dir / "masks.safetensors"))
+        load_updated_weights(model, arch, load_file(str(updated)))
+    achieved = apply_masks(model, arch, masklib.load_masks(project.mask_dir / "masks.safetensors"))
     print_sparsity(achieved)
     info = read_json(project.mask_dir / "masks.json")
     with atomic_dir(project.pruned_model) as out:

@@ -17,7 +17,7 @@ from taskprune.models.loading import load_local, pick_device, save_model
 from taskprune.paths import Project, StageTimer, atomic_dir, read_json, write_json
 from taskprune.pruning import apply_masks
 from taskprune.lowrank import LOWRANK_FILE, is_factorized, save_factorized
-from taskprune.recovery import ADAPTER_DIR, check_disjoint, lora_model, lora_targets, merge_keeping_masks, run_fingerprint, train_lora
+from taskprune.recovery import LORA_DIR, check_disjoint, lora_model, lora_targets, merge_keeping_masks, run_fingerprint, train_lora
 
 
 
@@ -39,23 +39,23 @@ def run(params: Params, project: Project) -> None:
     checkpoints = project.state / "checkpoints" / "recover-{}".format(run_fingerprint(
         cfg.model_dump_json().encode(), structure.read_bytes(), (project.data / "task_calib.jsonl").read_bytes(),
         (project.pruned_model / "stage.json").read_bytes()))
-    model, tokenizer, adapter = load_local(project.pruned_model, device)
-    peft_model = lora_model(model, adapter, cfg)
+    model, tokenizer, arch = load_local(project.pruned_model, device)
+    peft_model = lora_model(model, arch, cfg)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    print(f"recover: LoRA r={cfg.rank} on {len(lora_targets(model, adapter))} {'modules' if factorized else 'linears per layer'}, "
+    print(f"recover: LoRA r={cfg.rank} on {len(lora_targets(model, arch))} {'modules' if factorized else 'linears per layer'}, "
           f"{trainable:,} trainable parameters, {cfg.steps} steps on {len(train)} calibration rows ({device})")
     result = train_lora(peft_model, tokenizer, train, cfg, checkpoints, device)
     with atomic_dir(project.recovered_model) as out:
         if cfg.merge:
-            recovered = merge_keeping_masks(peft_model, adapter, masks)
+            recovered = merge_keeping_masks(peft_model, arch, masks)
         else:
-            peft_model.save_pretrained(str(out / ADAPTER_DIR))  # safetensors
+            peft_model.save_pretrained(str(out / LORA_DIR))  # safetensors
             recovered = peft_model.unload()  # the pruned weights, untouched
         if factorized:
             achieved = {"all": 0.0}
             save_factorized(recovered, tokenizer, read_json(structure)["ranks"], out)
         else:
-            achieved = apply_masks(recovered, adapter, masks)  # no-op on the weights; measures the zeros
+            achieved = apply_masks(recovered, arch, masks)  # no-op on the weights; measures the zeros
             save_model(recovered, tokenizer, out)
         write_json(out / "train_log.json", result.history)
         write_json(out / "stage.json", {

@@ -33,7 +33,7 @@ def write_masks(out: Path, cfg: PruneConfig, result: MaskResult) -> tuple[int, f
     return total, overall
 
 
-def score_sieve(params: Params, project: Project, model, adapter) -> None:
+def score_sieve(params: Params, project: Project, model, arch) -> None:
     """LLM-Sieve: output-aware factors of every decoder linear, from the calibrate stage's second moments."""
     from tqdm.auto import tqdm
 
@@ -43,9 +43,9 @@ def score_sieve(params: Params, project: Project, model, adapter) -> None:
     cfg = params.prune.sieve
     sides = ["task"] + (["general"] if cfg.general_weight > 0 else [])
     moments = {side: load_moments(project.moments / f"{side}.safetensors")[0] for side in sides}
-    linears = adapter.named_linears(model)
+    linears = arch.named_linears(model)
     with tqdm(total=len(linears), desc="sieve factors", unit="matrix") as bar:
-        factors = sieve_factors(model, adapter, moments, cfg.general_weight, cfg.damp, progress=bar)
+        factors = sieve_factors(model, arch, moments, cfg.general_weight, cfg.damp, progress=bar)
     with atomic_dir(project.masks) as out:  # no masks: sieve removes parameters instead of zeroing them
         write_json(out / "masks.json", {"method": "sieve", "base": params.prune.base, "stats": "task",
                                         "pattern": "lowrank", "allocation": params.prune.allocation,
@@ -56,29 +56,29 @@ def score_sieve(params: Params, project: Project, model, adapter) -> None:
         write_json(out / "stage.json", {"method": "sieve", "updated_weights": False, "factors": True,
                                         "general_weight": cfg.general_weight, "damp": cfg.damp})
     print(f"sieve: factors of {len(factors)} matrices up to their break-even rank "
-          f"(e.g. {next(iter(factors))}: {int(breakeven_rank(*adapter.weight(next(iter(linears.values()))).shape))})")
+          f"(e.g. {next(iter(factors))}: {int(breakeven_rank(*arch.weight(next(iter(linears.values()))).shape))})")
 
 
 def run(params: Params, project: Project) -> None:
     timer = StageTimer(project, "score")
     cfg = params.prune
-    model, tokenizer, adapter = load_local(project.dense_model, "cpu")
+    model, tokenizer, arch = load_local(project.dense_model, "cpu")
     if cfg.method == "sieve":
-        score_sieve(params, project, model, adapter)
+        score_sieve(params, project, model, arch)
         timer.done(method=cfg.method)
         return
     stats = load_stats(project.stats, cfg.method)
     if cfg.sequential:
         blocks = calibration_blocks(project, params.calibration, tokenizer, sparsegpt_sides(cfg))
-        result = sparsegpt_masks(model, adapter, cfg, stats, blocks, params.calibration.batch_size,
+        result = sparsegpt_masks(model, arch, cfg, stats, blocks, params.calibration.batch_size,
                                  pick_device(params.model.device))
     else:
-        result = compute_masks(model, adapter, cfg, stats)
+        result = compute_masks(model, arch, cfg, stats)
     with atomic_dir(project.masks) as out:
         total, overall = write_masks(out, cfg, result)
     with atomic_dir(project.updates) as out:
         if cfg.sequential:
-            save_file({key: adapter.weight(module).contiguous() for key, module in adapter.named_linears(model).items()},
+            save_file({key: arch.weight(module).contiguous() for key, module in arch.named_linears(model).items()},
                       str(out / "weights.safetensors"), metadata={"method": cfg.method})
         write_json(out / "stage.json", {"method": cfg.method, "updated_weights": cfg.sequential})
     timer.done(method=cfg.method, stats=cfg.stats, pattern=cfg.pattern, allocation=cfg.allocation)

@@ -79,8 +79,8 @@ def run(params: Params, project: Project, evaluator_factory: Callable | None = N
         timer.done(enabled=False)
         return
     cfg = params.search
-    model, _, adapter = load_local(project.dense_model, "cpu")
-    shapes = {key: tuple(adapter.weight(m).shape) for key, m in adapter.named_linears(model).items()}
+    model, _, arch = load_local(project.dense_model, "cpu")
+    shapes = {key: tuple(arch.weight(m).shape) for key, m in arch.named_linears(model).items()}
     space, values, kind = level_space(params, shapes)
     result, choice = None, {"rule": "uniform allocation (prune.allocation: uniform)"}
     genome = space.uniform
@@ -121,7 +121,7 @@ def run(params: Params, project: Project, evaluator_factory: Callable | None = N
                                "fitness": p["fitness"], **({"calibration_accuracy": p["calibration_accuracy"]}
                                                            if "calibration_accuracy" in p else {})}
                               for p in result.front])
-    masks = search_masks(params, project, model, adapter, allocation) if kind == "sparsity" else None
+    masks = search_masks(params, project, model, arch, allocation) if kind == "sparsity" else None
     with atomic_dir(project.search) as out:
         write_json(out / "allocation.json", summary)
         write_json(out / "stage.json", {"enabled": True, "kind": kind})
@@ -137,9 +137,9 @@ def run(params: Params, project: Project, evaluator_factory: Callable | None = N
     timer.done(kind=kind, objective=cfg.objective, generations=cfg.generations, population=cfg.population)
 
 
-def search_masks(params: Params, project: Project, model, adapter, allocation: dict[str, float]):
+def search_masks(params: Params, project: Project, model, arch, allocation: dict[str, float]):
     """Masks at the searched per-matrix sparsities (written next to allocation.json; they supersede artifacts/masks)."""
     from taskprune.pruning import compute_masks, load_stats
 
-    return compute_masks(model, adapter, params.prune, load_stats(project.stats, params.prune.method),
+    return compute_masks(model, arch, params.prune, load_stats(project.stats, params.prune.method),
                          per_matrix=allocation)

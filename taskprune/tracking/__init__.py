@@ -15,7 +15,7 @@ from taskprune.secrets import redact
 from taskprune.tracking.plots import run_figures, run_name_of
 from taskprune.lowrank import is_factorized
 from taskprune.models.loading import load_local
-from taskprune.recovery import ADAPTER_DIR
+from taskprune.recovery import LORA_DIR
 
 CHALLENGER = "challenger"
 
@@ -138,12 +138,12 @@ def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str,
     """Log the model of ``model_dir`` to the active run and register it; returns (version, model uri)."""
     import mlflow
 
-    if (model_dir / ADAPTER_DIR).is_dir() or is_factorized(model_dir):
+    if (model_dir / LORA_DIR).is_dir() or is_factorized(model_dir):
         # a separate LoRA adapter, or FactorizedLinear modules (taskprune.load rebuilds them): logged as files
         mlflow.log_artifacts(str(model_dir), artifact)
         model_uri, model_id = f"runs:/{run_id}/{artifact}", None
     else:  # components, not the checkpoint path: MLflow 3.17's path route breaks on transformers 5
-        model, tokenizer, _adapter = load_local(model_dir)
+        model, tokenizer, _arch = load_local(model_dir)
         info = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer}, name=artifact, task="text-generation",
             pip_requirements=["transformers", "torch", "safetensors"])

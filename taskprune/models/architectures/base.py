@@ -1,8 +1,8 @@
-"""The adapter interface: everything architecture-specific that the algorithms need.
+"""The arch interface: everything architecture-specific that the algorithms need.
 
-Algorithms ask the adapter for the decoder layers and for each layer's prunable
+Algorithms ask the architecture for the decoder layers and for each layer's prunable
 linear modules, always seeing weights as ``(out_features, in_features)``.
-Adding an architecture means adding one adapter file.
+Adding an architecture means adding one arch file.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 
-class ModelAdapter:
-    """Base adapter for models whose linears are ``nn.Linear`` (weight is out x in)."""
+class Architecture:
+    """Base architecture for models whose linears are ``nn.Linear`` (weight is out x in)."""
 
     model_types: ClassVar[tuple[str, ...]] = ()
     layers_path: ClassVar[str] = ""

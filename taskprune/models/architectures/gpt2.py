@@ -3,10 +3,10 @@
 import torch
 from torch import nn
 
-from taskprune.models.adapters.base import ModelAdapter
+from taskprune.models.architectures.base import Architecture
 
 
-class GPT2Adapter(ModelAdapter):
+class GPT2Architecture(Architecture):
     model_types = ("gpt2",)
     layers_path = "transformer.h"
     linear_names = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")

@@ -1,9 +1,9 @@
 """Llama-style decoders: Llama (SmolLM2), Mistral, Qwen2, Qwen3 share these module names."""
 
-from taskprune.models.adapters.base import ModelAdapter
+from taskprune.models.architectures.base import Architecture
 
 
-class LlamaAdapter(ModelAdapter):
+class LlamaArchitecture(Architecture):
     model_types = ("llama", "mistral", "qwen2", "qwen3")
     layers_path = "model.layers"
     linear_names = (

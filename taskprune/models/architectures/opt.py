@@ -1,9 +1,9 @@
 """OPT decoders."""
 
-from taskprune.models.adapters.base import ModelAdapter
+from taskprune.models.architectures.base import Architecture
 
 
-class OPTAdapter(ModelAdapter):
+class OPTArchitecture(Architecture):
     model_types = ("opt",)
     layers_path = "model.decoder.layers"
     linear_names = (
