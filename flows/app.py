@@ -1,19 +1,25 @@
-"""The `taskprune` command: the library's commands plus `run`, which needs Prefect."""
+"""The `taskprune` command: the library's commands plus `run` and `stage`, which need Prefect."""
 
 from __future__ import annotations
 
 import time
+from enum import Enum
 from typing import Annotated
 
 import typer
 
-from taskprune.cli import app
+from taskprune.cli import app, project_and_params
 from taskprune.cli import main as library_main
 from taskprune.paths import Project
+from taskprune.pipeline import NAMES, stage as pipeline_stage
+from taskprune.preflight import preflight
 from taskprune.report import print_results
-from taskprune.stages import ROUTES, preflight
+from taskprune.results import compression_of
 
-ROUTES["search"] = "flows.search:route"  # search.ray_address: fitness on Prefect's Ray task runner
+StageName = Enum("StageName", {name: name for name in NAMES}, type=str)  # one list: the pipeline table
+
+# Stages the pipeline table marks as orchestrated (Stage.orchestrated_when): the flow that runs each.
+ORCHESTRATED = {"search": "flows.search:search_through_prefect"}
 
 
 @app.command()
@@ -30,9 +36,25 @@ def run(
     preflight(project, list(overrides))  # fail on bad input in seconds, before Prefect starts
     started = time.perf_counter()
     result = pipeline(str(project.root), list(overrides))
-    print_results(result["metrics"])
+    print_results(result["metrics"], compression_of(project))
     ran = [s for s, state in result["stages"].items() if state == "ran"]
     print(f"this invocation: {time.perf_counter() - started:.0f} s; stages run: {', '.join(ran) or 'none (all up to date)'}")
+
+
+@app.command()
+def stage(name: Annotated[StageName, typer.Argument(help="Stage to run")]) -> None:
+    """Run one stage with the project's params.yaml (this is what dvc.yaml calls)."""
+    from importlib import import_module
+
+    from taskprune.stages import run_stage
+
+    project, params = project_and_params()
+    entry = pipeline_stage(name.value)
+    if entry.orchestrated_when and entry.orchestrated_when(params):
+        module, _, function = ORCHESTRATED[entry.name].partition(":")
+        getattr(import_module(module), function)(params, project)
+    else:
+        run_stage(name.value, params, project)
 
 
 def main() -> None:

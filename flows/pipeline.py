@@ -6,8 +6,9 @@ from pathlib import Path
 
 from prefect import flow
 
+from prefect_tasks.stages import promote_challenger, run_stage, task_source_changed, validate_inputs
 from taskprune.paths import Project, read_json, run_lock
-from prefect_tasks.stages import PIPELINE, promote_challenger, run_stage, task_source_changed, validate_inputs
+from taskprune.pipeline import STAGES
 
 
 @flow(name="taskprune-pipeline")
@@ -23,9 +24,11 @@ def _run(project: Project, project_root: str, overrides: list[str] | None, promo
     validate_inputs(project_root, overrides or [])
     reread_task = task_source_changed(project_root)
     outcome = {}
-    for stage in PIPELINE:
+    for entry in STAGES:
         # Registration talks to a tracking server: retry it; the compute stages fail fast.
-        runner = run_stage.with_options(retries=2, retry_delay_seconds=10) if stage == "register" else run_stage
-        outcome[stage] = runner(stage, project_root, force=reread_task and stage == "prepare_data")
+        runner = run_stage.with_options(retries=2, retry_delay_seconds=10) if entry.name == "register" else run_stage
+        state = runner(entry.name, project_root, force=reread_task and entry.name == "prepare_data")
+        if not entry.always_run:  # bookkeeping (the code version) runs every time: not work done
+            outcome[entry.name] = state
     promotion = promote_challenger(project_root, promote)
     return {"stages": outcome, "metrics": read_json(project.metrics), "promotion": promotion}

@@ -11,14 +11,13 @@ from pathlib import Path
 from prefect import task
 
 from taskprune import config
+from taskprune.data.task import recorded_fingerprint, source_fingerprint
 from taskprune.errors import TaskPruneError
 from taskprune.paths import Project
-from taskprune.stages import preflight
-from taskprune.stages.prepare_data import recorded_fingerprint, source_fingerprint
+from taskprune.pipeline import STAGES
+from taskprune.preflight import preflight
+from taskprune.stages import run_stage as run_stage_here
 
-# dvc.yaml stage names, in order; evaluate runs as three DVC stages (dense, pruned, recovered).
-PIPELINE = ("fetch_model", "prepare_data", "calibrate", "score", "search", "prune", "evaluate_dense", "evaluate", "recover",
-            "evaluate_recovered", "register")
 SKIPPED_MARK = "didn't change, skipping"
 
 
@@ -67,11 +66,15 @@ def run_stage(stage: str, project_root: str, force: bool = False) -> str:
 def pipeline_changes(project_root: str) -> list[str]:
     """What a run would redo: the stages `dvc status` reports changed, plus the task file when its
     content changed since prepare_data read it. Empty: nothing to do."""
+    project = Project(Path(project_root))
+    bookkeeping = [entry.name for entry in STAGES if entry.always_run]
+    for name in bookkeeping:  # the code version files, so DVC sees a changed TaskPrune
+        run_stage_here(name, config.load(project.params_file), project)
     command = [sys.executable, "-m", "dvc", "status", "--json"]
     done = subprocess.run(command, cwd=project_root, env=dvc_environment(), capture_output=True, text=True)
     if done.returncode != 0:
         raise TaskPruneError(f"dvc status failed in {project_root}: {done.stderr.strip()[-2000:]}")
-    changed = sorted(json.loads(done.stdout or "{}"))
+    changed = sorted(set(json.loads(done.stdout or "{}")) - set(bookkeeping))
     if task_source_changed.fn(project_root):
         changed.append("task data")
     return changed

@@ -4,14 +4,6 @@
 recovered, or a factorized LLM-Sieve export) with transformers, ready for ``generate``.
 """
 
-from __future__ import annotations
+from taskprune.api import load
 
-
-def load(path, device: str = "cpu"):
-    """(model, tokenizer) from a TaskPrune model directory; safetensors only, no remote code."""
-    from pathlib import Path
-
-    from taskprune.models.loading import load_local
-
-    model, tokenizer, _ = load_local(Path(path), device)
-    return model, tokenizer
+__all__ = ["load"]

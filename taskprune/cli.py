@@ -1,9 +1,9 @@
-"""`taskprune stage NAME` and `taskprune show`; `flows.app` adds `taskprune run` (Prefect lives there)."""
+"""The library's commands (register, init, report, show, promote, models, methods); `flows.app` adds `run`
+and `stage` (which may run a stage through Prefect, as the pipeline table says)."""
 
 from __future__ import annotations
 
 import sys
-from enum import Enum
 from typing import Annotated, Optional
 
 import typer
@@ -13,19 +13,9 @@ from taskprune.errors import TaskPruneError
 from taskprune.paths import Project
 from taskprune.retries import show_retries
 from taskprune.secrets import install_log_filter, redact
-from taskprune.stages import STAGES
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="TaskPrune: make a language model smaller for one task.")
-
-
-StageName = Enum("StageName", {name: name for name in STAGES}, type=str)  # one list: taskprune.stages
-
-
-class Which(str, Enum):
-    dense = "dense"
-    pruned = "pruned"
-    recovered = "recovered"
 
 
 def project_and_params(overrides: list[str] | None = None):
@@ -38,19 +28,6 @@ def project_and_params(overrides: list[str] | None = None):
 def require_results(project: Project) -> None:
     if not project.metrics.exists():
         raise TaskPruneError(f"{project.metrics}: no results yet; run `taskprune run` first")
-
-
-@app.command()
-def stage(
-    name: Annotated[StageName, typer.Argument(help="Stage to run")],
-    model: Annotated[Which, typer.Option(help="For evaluate: which model")] = Which.pruned,
-) -> None:
-    """Run one stage with the project's params.yaml (this is what dvc.yaml calls)."""
-    from taskprune.stages import run_stage
-
-    project, params = project_and_params()
-    options = {"which": model.value} if name is StageName.evaluate else {}
-    run_stage(name.value, params, project, **options)
 
 
 @app.command()
@@ -87,12 +64,14 @@ def report(
     from pathlib import Path
 
     from taskprune.paths import read_json
-    from taskprune.stages import register
+    from taskprune.report import html_report
+    from taskprune.results import load_result
 
     project, params = project_and_params()
     require_results(project)
     target = Path(out) if Path(out).is_absolute() else project.root / out
-    target.write_text(register.report(params, project), encoding="utf-8")
+    registration = read_json(project.registration) if project.registration.is_file() else None
+    target.write_text(html_report(**load_result(params, project), registration=registration), encoding="utf-8")
     print(f"report written to {target}")
     if log and project.registration.is_file():
         from mlflow import MlflowClient
@@ -107,12 +86,32 @@ def report(
 @app.command()
 def show() -> None:
     """Print the results table of the last run (metrics.json)."""
-    from taskprune.report import print_results
     from taskprune.paths import read_json
+    from taskprune.report import print_results
+    from taskprune.results import compression_of
 
     project = Project.find()
     require_results(project)
-    print_results(read_json(project.metrics))
+    print_results(read_json(project.metrics), compression_of(project))
+
+
+@app.command()
+def methods() -> None:
+    """List the compression methods (the registry: taskprune/methods, plus plug-ins)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from taskprune.config import PruneConfig
+    from taskprune.methods import get_method, method_names
+
+    table = Table(title="compression methods (prune.method)")
+    for column in ("method", "what it does", "statistics", "search levels", "result"):
+        table.add_column(column)
+    for name in method_names():
+        method = get_method(name)
+        plan = method.plan(PruneConfig(method=name))
+        table.add_row(name, method.summary, ", ".join(plan.statistics) or "none", plan.levels or "-", plan.export)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 def registry_client_and_name(name: str | None):

@@ -95,7 +95,7 @@ class SieveConfig(_Strict):
 
 
 class PruneConfig(_Strict):
-    method: Literal["magnitude", "wanda", "sparsegpt", "task_aware", "sieve"] = "wanda"
+    method: str = Field("wanda", description="A registered method (taskprune/methods): `taskprune methods` lists them")
     base: Literal["wanda", "sparsegpt"] = Field("wanda", description="task_aware: base criterion scored on each side")
     stats: Literal["general", "task"] = Field("general", description="wanda, sparsegpt: calibration side used")
     sparsity: float = Field(0.5, ge=0, lt=1)
@@ -120,6 +120,13 @@ class PruneConfig(_Strict):
             raise ValueError(f"N:M needs 0 < N < M (N weights kept of every M), got {value!r}")
         return value
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in _method_names():
+            raise ValueError(f"unknown method {value!r}; methods: {', '.join(_method_names())}")
+        return value
+
     @model_validator(mode="after")
     def _sparsity_matches_pattern(self) -> PruneConfig:
         nm = self.n_m
@@ -132,26 +139,23 @@ class PruneConfig(_Strict):
             raise ValueError("allocation 'owl' varies sparsity per layer; it needs pattern 'unstructured'")
         if nm is not None and self.allocation == "search":
             raise ValueError("allocation 'search' varies sparsity per matrix; it needs pattern 'unstructured'")
-        if self.allocation == "search" and self.sequential:
-            raise ValueError("allocation 'search' works with the score-only methods (magnitude, wanda, "
-                             "task_aware with base wanda) and sieve; SparseGPT updates weights layer by layer")
-        if self.method == "sieve" and (nm is not None or self.allocation == "owl"):
-            raise ValueError("method 'sieve' picks a rank per matrix: use pattern 'unstructured' and "
-                             "allocation 'uniform' or 'search'")
-        if nm is not None and self.sequential and self.sparsegpt.blocksize % nm[1]:
-            raise ValueError(f"pattern {self.pattern} needs prune.sparsegpt.blocksize divisible by {nm[1]} "
-                             f"(got {self.sparsegpt.blocksize})")
+        method = self.method_object
+        if self.allocation == "search" and method.plan(self).levels is None:
+            searchable = [m for m in _method_names() if _method(m).plan(self).levels]
+            raise ValueError(f"allocation 'search' needs a method with per-matrix levels to search: "
+                             f"{', '.join(searchable)} (method {self.label} has none)")
+        method.check(self)
         return self
+
+    @property
+    def method_object(self):
+        """The registered method (taskprune/methods) this configuration names."""
+        return _method(self.method)
 
     @property
     def label(self) -> str:
         """The method in a word: 'wanda', 'sparsegpt', 'task_aware+sparsegpt', ..."""
-        return f"task_aware+{self.base}" if self.method == "task_aware" else self.method
-
-    @property
-    def sequential(self) -> bool:
-        """SparseGPT-based: calibrated layer by layer on the pruned model, weights updated."""
-        return self.method == "sparsegpt" or (self.method == "task_aware" and self.base == "sparsegpt")
+        return self.method_object.label(self)
 
     @property
     def n_m(self) -> tuple[int, int] | None:
@@ -159,6 +163,18 @@ class PruneConfig(_Strict):
             return None
         n, m = self.pattern.split(":")
         return int(n), int(m)
+
+
+def _method(name: str):
+    from taskprune.methods.registry import get_method
+
+    return get_method(name)
+
+
+def _method_names() -> list[str]:
+    from taskprune.methods.registry import method_names
+
+    return method_names()
 
 
 class SearchConfig(_Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -38,21 +39,50 @@ class Project:
     params_file = property(lambda self: self.root / "params.yaml")
     state = property(lambda self: self.root / ".taskprune")  # git-ignored: caches, stores, homes
     artifacts = property(lambda self: self.root / "artifacts")
-    dense_model = property(lambda self: self.artifacts / "model" / "dense")
-    pruned_model = property(lambda self: self.artifacts / "model" / "pruned")
-    recovered_model = property(lambda self: self.artifacts / "model" / "recovered")
-    data = property(lambda self: self.artifacts / "data")
-    stats = property(lambda self: self.artifacts / "stats")
-    moments = property(lambda self: self.artifacts / "moments")  # sieve: input second moments per linear
-    masks = property(lambda self: self.artifacts / "masks")
-    search = property(lambda self: self.artifacts / "search")  # allocation from the genetic search
-    updates = property(lambda self: self.artifacts / "updates")  # SparseGPT's updated weights
     eval_dir = property(lambda self: self.artifacts / "eval")
-    registration = property(lambda self: self.artifacts / "register.json")
-    metrics = property(lambda self: self.root / "metrics.json")
     dvc_lock = property(lambda self: self.root / "dvc.lock")
     downloads = property(lambda self: self.state / "downloads")
     timings = property(lambda self: self.state / "timings")
+
+    def path(self, artifact: str) -> Path:
+        """The path of a stage output named in ``ARTIFACTS``."""
+        return self.root / ARTIFACTS[artifact]
+
+    def eval_file(self, which: str) -> Path:
+        """The evaluation record of the dense, pruned or recovered model."""
+        return self.path(f"eval_{which}")
+
+    def code_file(self, stage: str) -> Path:
+        """The code version a stage depends on (written by the code_version stage)."""
+        return self.path("code") / f"{stage}.json"
+
+
+def _artifact(name: str) -> property:
+    return property(lambda self: self.path(name), doc=ARTIFACTS[name])
+
+
+# Every stage output, by name: the pipeline table (taskprune/pipeline.py) and dvc.yaml use these names.
+ARTIFACTS = {
+    "code": "artifacts/code",
+    "dense_model": "artifacts/model/dense",
+    "data": "artifacts/data",
+    "stats": "artifacts/stats",
+    "moments": "artifacts/moments",            # input second moments per linear (LLM-Sieve)
+    "masks": "artifacts/masks",
+    "updates": "artifacts/updates",            # updated weights (SparseGPT) or factors (LLM-Sieve)
+    "search": "artifacts/search",              # per-matrix allocation from the genetic search
+    "pruned_model": "artifacts/model/pruned",
+    "eval_dense": "artifacts/eval/dense.json",
+    "eval_pruned": "artifacts/eval/pruned.json",
+    "recovered_model": "artifacts/model/recovered",
+    "eval_recovered": "artifacts/eval/recovered.json",
+    "metrics": "metrics.json",
+    "registration": "artifacts/register.json",
+}
+for _name in ARTIFACTS:
+    setattr(Project, _name, _artifact(_name))
+
+LORA_DIR = "adapter"  # in a recovered model directory saved with recover.merge: false: the LoRA adapter
 
 
 @contextlib.contextmanager
@@ -103,6 +133,14 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def fingerprint(*parts: bytes) -> str:
+    """A short hash of several byte strings (names checkpoint directories after their inputs)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()[:16]
 
 
 class StageTimer:

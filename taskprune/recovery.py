@@ -15,7 +15,6 @@ resumed run sees the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -26,12 +25,12 @@ import torch
 from tqdm.auto import tqdm
 
 from taskprune.config import RecoverConfig
+from taskprune.data.answers import collate, encode
 from taskprune.data.schema import Example
 from taskprune.errors import TaskPruneError
 from taskprune.pruning import apply_masks
 
 CHECKPOINT = "checkpoint.pt"
-LORA_DIR = "adapter"  # in a recovered model dir saved with merge: false
 
 
 @dataclass
@@ -51,30 +50,6 @@ def check_disjoint(train: list[Example], test_ids: set[str]) -> list[str]:
     return ids
 
 
-def encode(tokenizer, examples: list[Example], max_len: int) -> list[tuple[list[int], list[int]]]:
-    """(input ids, labels) per example: labels are -100 on the query, the answer's ids on the answer."""
-    encoded = []
-    for ex in examples:
-        query = tokenizer(ex.query, add_special_tokens=False)["input_ids"]
-        answer = tokenizer(" " + ex.choices[ex.gold], add_special_tokens=False)["input_ids"]
-        ids = (query + answer)[-max_len:]
-        labels = ([-100] * len(query) + answer)[-max_len:]
-        encoded.append((ids, labels))
-    return encoded
-
-
-def collate(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (row_ids, row_labels) in enumerate(rows):  # right padding
-        ids[i, :len(row_ids)] = torch.tensor(row_ids)
-        labels[i, :len(row_labels)] = torch.tensor(row_labels)
-        attention[i, :len(row_ids)] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": attention}
-
-
 def batch_indices(count: int, batch_size: int, step: int, seed: int) -> list[int]:
     """The example indices of training step ``step``: a seeded permutation per epoch, cycled."""
     per_epoch = math.ceil(count / batch_size)
@@ -84,25 +59,14 @@ def batch_indices(count: int, batch_size: int, step: int, seed: int) -> list[int
     return order[position * batch_size:(position + 1) * batch_size]
 
 
-def run_fingerprint(*parts: bytes) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(hashlib.sha256(part).digest())
-    return digest.hexdigest()[:16]
-
-
 def lora_targets(model, arch) -> list[str]:
-    """PEFT ``target_modules``: the architecture's linear names; for a factorized (sieve) model, the module
-    paths of every dense linear and of both factors (down, up) of every factorized one."""
-    from taskprune.lowrank import FactorizedLinear, linear_paths
+    """PEFT ``target_modules``: the module path of every ``nn.Linear`` inside the prunable linears (a plain
+    linear itself; both factors of a factorized one)."""
+    from torch import nn
 
-    linears = arch.named_linears(model)
-    if not any(isinstance(m, FactorizedLinear) for m in linears.values()):
-        return list(arch.lora_targets())
-    paths = linear_paths(model, arch)
-    return [f"{paths[key]}.{part}" if isinstance(module, FactorizedLinear) else paths[key]
-            for key, module in linears.items() for part in (("down", "up") if isinstance(module, FactorizedLinear)
-                                                           else ("",))]
+    names = {id(m): n for n, m in model.named_modules()}
+    return [names[id(leaf)] for module in arch.named_linears(model).values() for leaf in module.modules()
+            if isinstance(leaf, nn.Linear) or (leaf is module and not list(module.children()))]
 
 
 def lora_model(model, arch, cfg: RecoverConfig):

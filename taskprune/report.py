@@ -5,6 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from taskprune.pipeline import order
+
 ROWS = [
     ("task accuracy", "task_accuracy", "{:.4f}"),
     ("task accuracy, prior-corrected", "task_accuracy_prior_corrected", "{:.4f}"),
@@ -17,16 +19,15 @@ ROWS = [
 ]
 
 
-def results_table(metrics: dict) -> Table:
+def results_table(metrics: dict, compression: str = "") -> Table:
+    """``compression``: how the method describes its result in a line (the pruned model's stage.json)."""
     dense, pruned = metrics["dense"], metrics["pruned"]
     sides = [("dense", dense), ("pruned", pruned)]
     if "recovered" in metrics:
         sides.append(("pruned + LoRA", metrics["recovered"]))
     search = metrics.get("search", {})
-    size = (f"decoder-linear parameters -{search['reduction']:.1%}" if search.get("kind") == "lowrank"
-            else f"sparsity {pruned.get('sparsity', 0):.3f}")
     table = Table(title=f"TaskPrune: task {metrics['task']}, method {metrics['method']}, "
-                        f"{size} (chance accuracy {dense['chance_accuracy']:.3f})")
+                        f"{compression} (chance accuracy {dense['chance_accuracy']:.3f})")
     table.add_column("metric")
     for name, _ in sides:
         table.add_column(name, justify="right")
@@ -51,8 +52,8 @@ def results_table(metrics: dict) -> Table:
     return table
 
 
-def print_results(metrics: dict) -> None:
-    Console().print(results_table(metrics))
+def print_results(metrics: dict, compression: str = "") -> None:
+    Console().print(results_table(metrics, compression))
 
 
 # -- the HTML report (taskprune report; also logged to MLflow by the register stage) -------------------
@@ -102,7 +103,7 @@ def _png(figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def html_report(metrics: dict, per_layer: dict, run_name: str, *, search: dict | None = None,
+def html_report(metrics: dict, per_matrix: dict, run_name: str, *, compression: str = "", search: dict | None = None,
                 exclusive: dict | None = None, history: list[dict] | None = None,
                 registration: dict | None = None, figures: dict | None = None) -> str:
     """One self-contained HTML page (figures inlined as PNG) for a run; ``figures`` (``run_figures`` of
@@ -118,7 +119,7 @@ def html_report(metrics: dict, per_layer: dict, run_name: str, *, search: dict |
         sides.append(("pruned + LoRA", metrics["recovered"]))
     rows = [(label, ["n/a" if side.get(key) is None else fmt.format(side[key]) for _, side in sides])
             for label, key, fmt in ROWS]
-    caption = results_table(metrics).caption or ""
+    caption = results_table(metrics, compression).caption or ""
     notes = [line for line in caption.splitlines()[1:] if line]  # search and recovery lines
     subtitle = f"method {metrics['method']}, task {metrics['task']}; report written " \
                f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
@@ -126,15 +127,9 @@ def html_report(metrics: dict, per_layer: dict, run_name: str, *, search: dict |
         subtitle += (f"; registered as {registration['registered_model']} version "
                      f"{registration.get('recovered_version', registration['version'])}, MLflow run {registration['run_id']}")
     if figures is None:
-        figures = run_figures(run_name, per_layer, search, exclusive, history)
+        figures = run_figures(run_name, per_matrix, search, exclusive, history)
     figures = [(CAPTIONS.get(path.split("/")[-1][:-4], path), _png(fig)) for path, fig in figures.items()]
     return Environment(autoescape=True).from_string(HTML).render(
         title=run_name, subtitle=subtitle, sides=[name for name, _ in sides], rows=rows, notes=notes, figures=figures,
-        front=(search or {}).get("front"), stages=sorted(metrics.get("stage_seconds", {}).items(), key=_pipeline_order))
-
-
-def _pipeline_order(item: tuple[str, float]) -> tuple[int, str]:
-    from taskprune.stages import STAGES
-
-    base = item[0].split("_")[0] if item[0].startswith("evaluate") else item[0]
-    return (STAGES.index(base) if base in STAGES else len(STAGES), item[0])
+        front=(search or {}).get("front"),
+        stages=sorted(metrics.get("stage_seconds", {}).items(), key=lambda item: (order(item[0]), item[0])))

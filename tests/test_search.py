@@ -95,7 +95,7 @@ def test_sparsity_levels_of_the_worker_match_the_mask_rule():
 @pytest.mark.parametrize("override, message", [
     ({"prune": {"method": "sieve", "pattern": "2:4", "sparsity": 0.5}}, "sieve"),
     ({"prune": {"method": "sieve", "allocation": "owl"}}, "sieve"),
-    ({"prune": {"method": "sparsegpt", "allocation": "search"}}, "score-only"),
+    ({"prune": {"method": "sparsegpt", "allocation": "search"}}, "needs a method with per-matrix levels"),
     ({"prune": {"allocation": "search", "pattern": "2:4", "sparsity": 0.5}}, "unstructured"),
     ({"search": {"max_accuracy_drop": 0.05}}, "pareto"),
     ({"search": {"target_reduction": 1.2}}, "less than 1"),

@@ -1,0 +1,1 @@
+"""Task data (schema, built-in tasks, task sources), general text, token blocks."""

@@ -16,6 +16,7 @@ import torch
 
 from taskprune.errors import TaskPruneError
 from taskprune.models.architectures import Architecture, architecture_for
+from taskprune.models.formats import FORMATS, format_of
 from taskprune.sources import file_from_wheel
 
 
@@ -109,8 +110,7 @@ def load_source(source: ModelSource, revision: str | None = None, device: str = 
 
 
 def save_model(model, tokenizer, out_dir: Path) -> None:
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+    FORMATS["checkpoint"].save(model, tokenizer, out_dir)
 
 
 def fetch(name: str, revision: str | None, out_dir: Path, project_root: Path, state_dir: Path) -> ModelSource:
@@ -142,17 +142,11 @@ def fetch(name: str, revision: str | None, out_dir: Path, project_root: Path, st
 
 
 def load_local(path: Path, device: str = "cpu"):
-    """Load a project model directory (dense, pruned, or a factorized sieve export) with its arch."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from taskprune.lowrank import is_factorized, load_factorized
+    """Load a project model directory (dense, pruned, recovered, in any format) with its architecture."""
+    from transformers import AutoTokenizer
 
     check_model_dir(path)
-    if is_factorized(path):  # a sieve export: some linears are FactorizedLinear
-        model = load_factorized(path)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
-                                                     trust_remote_code=False)
+    model = format_of(path).load(path)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,10 +1,9 @@
 """Fitness of a level genome: the task's answer log-likelihood (or KL to the dense model) on the
 calibration split, and the evaluators that compute it serially or in local processes (the Ray
-evaluator is a Prefect task, in ``tasks/fitness.py``).
+evaluator is a Prefect task, in ``prefect_tasks/genomes.py``).
 
 A ``FitnessWorker`` holds the model once with every searched matrix able to run at any
-level (low-rank: a rank slice of precomputed factors; sparsity: the dense weight masked
-by a precomputed per-row rank of its scores). Evaluating a genome only sets levels and
+level (the method's level setter, ``taskprune.search.levels``). Evaluating a genome only sets levels and
 runs batched forward passes over the calibration examples; matrices whose level did not
 change since the previous genome are not touched.
 """
@@ -20,9 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from taskprune.data.answers import collate, encode
 from taskprune.data.schema import Example, read_jsonl
-from taskprune.lowrank import LevelLinear, linear_paths, load_factors, module_bias, replace_module
-from taskprune.recovery import collate, encode
 
 
 @dataclass(frozen=True)
@@ -32,27 +30,31 @@ class WorkerSpec:
     model_dir: str
     examples_file: str
     examples: int                 # at most this many calibration rows
-    kind: str                     # "lowrank" | "sparsity"
-    level_values: dict            # key -> [rank or None per level] | [sparsity per level]
-    factors_file: str | None = None          # lowrank: full-depth factors (safetensors)
-    scores: tuple | None = None              # sparsity: (params dict of prune config, stats dir)
-    fitness: str = "loglik"                  # loglik | kl
+    project_root: str             # the method reads its inputs (statistics, factors) from the project
+    prune: dict                   # prune.* settings: the method and its configuration
+    level_values: dict            # key -> [level value per level] (a rank or None, or a sparsity)
+    fitness: str = "loglik"       # loglik | kl
     batch_size: int = 16
     max_len: int = 128
     threads: int | None = None
 
 
-def row_ranks(scores: torch.Tensor) -> torch.Tensor:
-    """Position of every weight in its row's ascending score order (0 = pruned first)."""
-    order = scores.argsort(dim=1, stable=True)
-    ranks = torch.empty_like(order, dtype=torch.int32)
-    ranks.scatter_(1, order, torch.arange(scores.shape[1], dtype=torch.int32).expand_as(order).contiguous())
-    return ranks
+def worker_spec(params, project, values: dict) -> WorkerSpec:
+    """The fitness workers' spec for a project's search: the dense model, the calibration rows, the method."""
+    cfg = params.search
+    return WorkerSpec(model_dir=str(project.dense_model), examples_file=str(project.data / "task_calib.jsonl"),
+                      examples=cfg.examples, project_root=str(project.root), prune=params.prune.model_dump(),
+                      level_values=values, fitness=cfg.fitness, batch_size=cfg.batch_size,
+                      max_len=params.recover.max_len)
 
 
 class FitnessWorker:
     def __init__(self, spec: WorkerSpec):
+        from taskprune.artifacts import Artifacts
+        from taskprune.config import PruneConfig
+        from taskprune.methods import get_method
         from taskprune.models.loading import load_local
+        from taskprune.paths import Project
 
         if spec.threads:
             torch.set_num_threads(spec.threads)
@@ -64,32 +66,11 @@ class FitnessWorker:
         self.tokenizer = tokenizer
         self.keys = list(spec.level_values)
         self.current: list[int | None] = [-1] * len(self.keys)  # -1: not set yet
-        self._setup_levels(spec)
+        cfg = PruneConfig.model_validate(spec.prune)
+        self.levels = get_method(cfg.method).level_setter(model, arch, self.keys, cfg,
+                                                          Artifacts(Project(Path(spec.project_root))))
         self.batches = self._batches(self.examples)
         self.dense_logprobs = self._answer_logprobs() if spec.fitness == "kl" else None
-
-    # -- levels ------------------------------------------------------------------------------
-    def _setup_levels(self, spec: WorkerSpec) -> None:
-        linears = self.arch.named_linears(self.model)
-        if spec.kind == "lowrank":
-            factors = load_factors(Path(spec.factors_file))
-            paths = linear_paths(self.model, self.arch)
-            self.modules = {}
-            for key in self.keys:
-                module = linears[key]
-                level = LevelLinear(self.arch.weight(module), module_bias(module), factors[key])
-                replace_module(self.model, paths[key], level)
-                self.modules[key] = level
-        else:
-            from taskprune.config import PruneConfig
-            from taskprune.pruning import load_stats, make_scorer
-
-            prune_cfg, stats_dir = spec.scores
-            cfg = PruneConfig.model_validate(prune_cfg)
-            score = make_scorer(cfg, load_stats(stats_dir, cfg.method))
-            self.weights = {key: self.arch.weight(linears[key]) for key in self.keys}
-            self.dense = {key: w.clone() for key, w in self.weights.items()}
-            self.ranks = {key: row_ranks(score(key, self.dense[key])[0]) for key in self.keys}
 
     def set_levels(self, genome) -> None:
         """Put every matrix at its level in ``genome``; ``None`` = the dense model."""
@@ -97,13 +78,7 @@ class FitnessWorker:
             level = None if genome is None else int(genome[i])
             if self.current[i] == level:
                 continue
-            value = None if level is None else self.spec.level_values[key][level]
-            if self.spec.kind == "lowrank":
-                self.modules[key].rank = value
-            else:
-                dense = self.dense[key]
-                kept = None if value is None else self.ranks[key] >= int(dense.shape[1] * value)
-                self.weights[key].copy_(dense if kept is None else dense * kept)
+            self.levels.set(key, None if level is None else self.spec.level_values[key][level])
             self.current[i] = level
 
     # -- scoring ------------------------------------------------------------------------------
@@ -228,7 +203,7 @@ class ProcessEvaluator(Evaluator):
 
 def make_evaluator(spec: WorkerSpec, workers: int = 1) -> Evaluator:
     """Fitness here: in this process, or in ``workers`` local processes. (On a Ray cluster the
-    search runs as a Prefect flow on Prefect's Ray task runner: ``tasks/fitness.py``.)"""
+    search runs as a Prefect flow on Prefect's Ray task runner: ``prefect_tasks/genomes.py``.)"""
     if workers > 1:
         return ProcessEvaluator(spec, workers)
     return SerialEvaluator(spec)

@@ -1,34 +1,18 @@
 """evaluate: task accuracy and perplexity (lm-eval), size and decode speed, of the dense, pruned or recovered model.
 
-Evaluating ``recovered`` (the last evaluation; with recovery disabled it only
-records that) also writes ``metrics.json``, the DVC metrics file that
-``dvc exp show`` reads, combining the models and the stage timings.
+Evaluating ``recovered`` (the last evaluation; with recovery disabled it only records that) also writes
+``metrics.json``, the DVC metrics file that ``dvc exp show`` reads, combining the models and the stage
+timings.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from taskprune.config import Params
+from taskprune.data.texts import read_texts
 from taskprune.evaluation import evaluate_loaded, size_metrics
 from taskprune.models.loading import load_local, pick_device
-from taskprune.paths import Project, StageTimer, read_json, write_json
-from taskprune.stages.prepare_data import read_texts
-from taskprune.recovery import LORA_DIR
-
-TIMED_STAGES = ("fetch_model", "prepare_data", "calibrate", "score", "search", "prune", "recover", "evaluate_dense", "evaluate",
-                "evaluate_recovered")
-TIMER = {"dense": "evaluate_dense", "pruned": "evaluate", "recovered": "evaluate_recovered"}
-
-
-def stage_records(project: Project) -> dict[str, dict]:
-    """Timing records of the stages that produced the current result (from their last real run)."""
-    return {stage: read_json(project.timings / f"{stage}.json")
-            for stage in TIMED_STAGES if (project.timings / f"{stage}.json").exists()}
-
-
-def model_dir(project: Project, which: str) -> Path:
-    return {"dense": project.dense_model, "pruned": project.pruned_model, "recovered": project.recovered_model}[which]
+from taskprune.paths import LORA_DIR, Project, StageTimer, read_json, write_json
+from taskprune.pipeline import producer, stage_records
 
 
 def recovery_enabled(project: Project) -> bool:
@@ -37,7 +21,7 @@ def recovery_enabled(project: Project) -> bool:
 
 def evaluate_model(params: Params, project: Project, which: str) -> dict:
     device = pick_device(params.model.device)
-    directory = model_dir(project, which)
+    directory = project.path(f"{which}_model")
     model, tokenizer, arch = load_local(directory, device)
     sizes = size_metrics(model, arch, directory)
     if (directory / LORA_DIR).is_dir():  # recovered with merge: false: the pruned weights + a LoRA adapter
@@ -57,16 +41,16 @@ def evaluate_model(params: Params, project: Project, which: str) -> dict:
 
 
 def run(params: Params, project: Project, which: str = "pruned") -> None:
-    timer = StageTimer(project, TIMER[which])
+    timer = StageTimer(project, producer(f"eval_{which}").name)
     data_info = read_json(project.data / "stage.json")
     if which == "recovered" and not recovery_enabled(project):
-        write_json(project.eval_dir / "recovered.json", {"enabled": False})
+        write_json(project.eval_file("recovered"), {"enabled": False})
         timer.done(enabled=False)
     else:
         result = evaluate_model(params, project, which)
         if which == "dense":
             result["chance_accuracy"] = data_info["chance_accuracy"]
-        write_json(project.eval_dir / f"{which}.json", result)
+        write_json(project.eval_file(which), result)
         timer.done(device=pick_device(params.model.device))
         print(f"{which}: task accuracy {result['task_accuracy']:.4f}, perplexity {result['perplexity']:.2f}, "
               f"{result['tokens_per_s']:.1f} tokens/s")
@@ -79,11 +63,9 @@ def _public(result: dict) -> dict:
 
 
 def build_metrics(params: Params, project: Project, data_info: dict) -> dict:
-    dense = read_json(project.eval_dir / "dense.json")
-    pruned = read_json(project.eval_dir / "pruned.json")
-    masks = read_json(project.mask_dir / "masks.json")
-    pruned_public = _public(pruned)
-    pruned_public["sparsity"] = masks["sparsity"]
+    dense = read_json(project.eval_file("dense"))
+    pruned_public = _public(read_json(project.eval_file("pruned")))
+    pruned_public["sparsity"] = read_json(project.pruned_model / "stage.json")["sparsity"]
     records = stage_records(project)
     if not recovery_enabled(project):  # a disabled recovery's quick records are not part of this result
         records = {k: v for k, v in records.items() if k not in ("recover", "evaluate_recovered")}
@@ -97,14 +79,14 @@ def build_metrics(params: Params, project: Project, data_info: dict) -> dict:
         "run_seconds": round(sum(seconds.values()), 2),
     }
     search_file = project.search / "allocation.json"
-    if search_file.is_file():  # sieve, or a searched sparsity allocation
+    if search_file.is_file():  # a per-matrix allocation (searched, or a method's uniform one)
         search = read_json(search_file)
         metrics["search"] = {k: search[k] for k in ("kind", "allocation_rule", "objective", "reduction", "budget",
                                                      "cost", "dense_cost") if k in search}
         metrics["search"].update({k: search[k] for k in ("uniform_fitness", "best_fitness") if k in search})
         metrics["search"]["generations"] = len(search.get("history", []))
     if recovery_enabled(project):
-        recovered = _public(read_json(project.eval_dir / "recovered.json"))
+        recovered = _public(read_json(project.eval_file("recovered")))
         info = read_json(project.recovered_model / "stage.json")
         recovered["sparsity"] = info["sparsity"]
         metrics["recovered"] = recovered

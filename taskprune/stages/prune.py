@@ -1,62 +1,25 @@
-"""prune: apply the masks to the dense model and save it as a normal safetensors directory."""
+"""prune: the method makes the dense model into the pruned one, saved in the method's export format,
+with a stage.json that explains it (how it was made, and what the method reports per matrix)."""
 
 from __future__ import annotations
 
-from collections import defaultdict
-
-from safetensors.torch import load_file
-
-from taskprune import masks as masklib
+from taskprune.artifacts import Artifacts
 from taskprune.config import Params
-from taskprune.models.loading import load_local, save_model
-from taskprune.pruning import apply_masks, load_updated_weights
-from taskprune.paths import Project, StageTimer, atomic_dir, read_json, write_json
-
-
-def print_sparsity(achieved: dict[str, float]) -> None:
-    """Achieved sparsity per decoder layer: the cheap sanity check Wanda always prints."""
-    by_layer = defaultdict(list)
-    for key, value in achieved.items():
-        by_layer[int(key.split(".", 1)[0])].append(value)
-    line = "  ".join(f"{i}:{sum(v) / len(v):.3f}" for i, v in sorted(by_layer.items()))
-    print(f"sparsity per layer  {line}")
-
-
-def run_sieve(params: Params, project: Project) -> None:
-    """Replace every matrix given a rank by the search with its factors; export the smaller model."""
-    from taskprune.lowrank import factorize_model, load_factors, save_factorized
-
-    model, tokenizer, arch = load_local(project.dense_model, "cpu")
-    allocation = read_json(project.search / "allocation.json")
-    ranks = factorize_model(model, arch, load_factors(project.updates / "factors.safetensors"),
-                            allocation["values"])
-    with atomic_dir(project.pruned_model) as out:
-        save_factorized(model, tokenizer, ranks, out)
-        write_json(out / "stage.json", dict(
-            method="sieve", stats="task", pattern="lowrank", target_sparsity=0.0, achieved_sparsity=0.0,
-            reduction=allocation["reduction"], factorized=len(ranks), base_model=params.model.name))
-    print(f"sieve: {len(ranks)} of {len(allocation['values'])} matrices factorized, "
-          f"{allocation['reduction']:.1%} of the decoder-linear parameters removed")
+from taskprune.methods import get_method
+from taskprune.models.formats import FORMATS
+from taskprune.models.loading import load_local
+from taskprune.paths import Project, StageTimer, atomic_dir, write_json
 
 
 def run(params: Params, project: Project) -> None:
     timer = StageTimer(project, "prune")
-    if params.prune.method == "sieve":
-        run_sieve(params, project)
-        timer.done(method="sieve")
-        return
+    method = get_method(params.prune.method)
+    plan = method.plan(params.prune)
     model, tokenizer, arch = load_local(project.dense_model, "cpu")
-    updated = project.updates / "weights.safetensors"
-    if updated.exists():  # SparseGPT: the OBS-updated weights replace the dense ones before masking
-        load_updated_weights(model, arch, load_file(str(updated)))
-    achieved = apply_masks(model, arch, masklib.load_masks(project.mask_dir / "masks.safetensors"))
-    print_sparsity(achieved)
-    info = read_json(project.mask_dir / "masks.json")
+    result = method.prune(params, model, arch, Artifacts(project))
     with atomic_dir(project.pruned_model) as out:
-        save_model(model, tokenizer, out)
-        # The checkpoint explains itself: how it was made, next to the weights.
-        write_json(out / "stage.json", dict(
-            method=info["method"], stats=info["stats"], pattern=info["pattern"],
-            target_sparsity=info["target_sparsity"],
-            achieved_sparsity=round(sum(achieved.values()) / len(achieved), 6), base_model=params.model.name))
+        FORMATS[plan.export].save(result.model, tokenizer, out)
+        write_json(out / "stage.json", {**result.facts, "label": method.label(params.prune), "format": plan.export,
+                                        "compression": result.compression, "sparsity": result.sparsity,
+                                        "per_matrix": result.per_matrix, "base_model": params.model.name})
     timer.done()

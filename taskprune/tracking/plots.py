@@ -21,7 +21,8 @@ def run_name_of(params: Params, task_label: str) -> str:
 
 
 def sparsity_figure(per_layer: dict[str, float], title: str, label: str = "sparsity (fraction of weights zeroed)"):
-    """Heatmap of achieved sparsity (or sieve's parameter reduction): decoder layer (x) by linear module (y)."""
+    """Heatmap of a value per matrix (achieved sparsity, share of parameters removed): decoder layer (x) by
+    linear module (y)."""
     plt = _pyplot()
     import numpy as np
 
@@ -99,16 +100,12 @@ def pareto_figure(search: dict, title: str):
     return _finish(fig, ax, "size (fraction of the dense decoder linears)", "fitness", f"{title}: Pareto front")
 
 
-def run_figures(run_name: str, per_layer: dict[str, float], search: dict | None = None,
+def run_figures(run_name: str, per_matrix: dict, search: dict | None = None,
                 exclusive: dict | None = None, history: list[dict] | None = None) -> dict:
-    """Artifact path -> figure, for every plot this run has."""
-    figures = {}
-    if search and search.get("kind") == "lowrank":
-        figures["plots/reduction_per_matrix.png"] = sparsity_figure(
-            search["matrix_reduction"], f"{run_name}: parameters removed per matrix",
-            "share of the matrix's parameters removed")
-    else:
-        figures["plots/sparsity_per_layer.png"] = sparsity_figure(per_layer, f"{run_name}: sparsity per layer")
+    """Artifact path -> figure, for every plot this run has. ``per_matrix``: what the method reports per
+    decoder matrix (``name``, ``title``, ``quantity``, ``values``; the pruned model's stage.json)."""
+    figures = {f"plots/{per_matrix['name']}.png": sparsity_figure(
+        per_matrix["values"], f"{run_name}: {per_matrix['title']}", per_matrix["quantity"])}
     if exclusive:
         figures["plots/exclusive_channels.png"] = exclusive_figure(exclusive, f"{run_name}: exclusive channels")
     if search and search.get("history"):

@@ -1,0 +1,63 @@
+"""A project's stage outputs as the methods read them, each loaded on first use.
+
+The stages hand an ``Artifacts`` to the method; the method takes what its plan needs
+(statistics, moments, factors, masks ...), so no stage has to know which inputs a method reads.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from taskprune.paths import Project, read_json
+
+
+class Artifacts:
+    def __init__(self, project: Project):
+        self.project = project
+
+    def stats(self):
+        """Both calibration sides' square sums (``SideStats`` per side)."""
+        return self._stats
+
+    @cached_property
+    def _stats(self):
+        from taskprune.calibration import load_stats
+
+        return load_stats(self.project.stats)
+
+    def moments(self, sides: list[str]) -> dict:
+        """Second moments per side (LLM-Sieve): side -> {matrix key: tensor}."""
+        from taskprune.calibration import load_moments
+
+        return {side: load_moments(self.project.moments / f"{side}.safetensors")[0] for side in sides}
+
+    def blocks(self, tokenizer, cfg, sides) -> dict:
+        """Calibration token blocks of ``sides`` (layer-by-layer methods re-walk them)."""
+        from taskprune.calibration.blocks import calibration_blocks
+
+        return calibration_blocks(self.project, cfg, tokenizer, sides)
+
+    def factors(self) -> dict:
+        from taskprune.lowrank import load_factors
+
+        return load_factors(self.project.updates / "factors.safetensors")
+
+    def updated_weights(self) -> dict | None:
+        """Weights the score stage updated (SparseGPT family), or None."""
+        from safetensors.torch import load_file
+
+        path = self.project.updates / "weights.safetensors"
+        return load_file(str(path)) if path.exists() else None
+
+    def masks(self) -> dict:
+        """The masks the model is pruned with (the search's when it made them)."""
+        from taskprune.masks import load_masks
+
+        return load_masks(self.project.mask_dir / "masks.safetensors")
+
+    def mask_info(self) -> dict:
+        return read_json(self.project.mask_dir / "masks.json")
+
+    def allocation(self) -> dict:
+        """The search stage's per-matrix allocation (allocation.json)."""
+        return read_json(self.project.search / "allocation.json")

@@ -1,0 +1,117 @@
+"""Running statistics of every decoder linear's inputs, collected during the layer walk (walk.py).
+
+Each accumulator keeps a running sum over calibration tokens: per-channel sums of squares
+(Wanda's norms), full second moments x x^T (SparseGPT's Hessians, LLM-Sieve's moments).
+Linears that read the same input (q/k/v, gate/up) share one computation of its contribution.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from taskprune.calibration.walk import LayerPass, hooks_removed_on_exit, sequential_layers
+from taskprune.models.architectures import Architecture
+
+
+class SquareSums:
+    """Running per-input-channel sum of squares (float64) and token count for one linear."""
+
+    def __init__(self, in_features: int):
+        self.sum = torch.zeros(in_features, dtype=torch.float64)
+        self.tokens = 0
+
+    @staticmethod
+    def contribution(x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, x.shape[-1]).float()
+        return x.pow(2).sum(dim=0).to(device="cpu", dtype=torch.float64)  # float32 within a batch
+
+    def add(self, contribution: torch.Tensor, tokens: int) -> None:
+        self.sum += contribution
+        self.tokens += tokens
+
+
+class Hessian:
+    """Running ``sum_t x_t x_t^T`` (float32) of one linear's inputs."""
+
+    def __init__(self, in_features: int, device: str):
+        self.sum = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+
+    @staticmethod
+    def contribution(x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, x.shape[-1]).float()
+        return x.T @ x
+
+    def add(self, contribution: torch.Tensor, tokens: int) -> None:
+        self.sum += contribution
+
+
+class Moments:
+    """Square sums (as ``SquareSums``) and the full second moment ``sum_t x_t x_t^T`` (float32) together."""
+
+    def __init__(self, in_features: int):
+        self.squares = SquareSums(in_features)
+        self.hessian = Hessian(in_features, "cpu")
+
+    @staticmethod
+    def contribution(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return SquareSums.contribution(x), Hessian.contribution(x).cpu()
+
+    def add(self, contribution: tuple, tokens: int) -> None:
+        self.squares.add(contribution[0], tokens)
+        self.hessian.add(contribution[1], tokens)
+
+
+def accumulate_inputs(step: LayerPass, arch: Architecture, side: str, make: Callable[[int], object]) -> dict:
+    """Run ``step``'s layer on one side with an accumulator (``make(in_features)``) on every linear's input.
+
+    Linears that read the same input tensor (q/k/v, gate/up) share one computation of its contribution.
+    """
+    linears = arch.linears(step.layer)
+    accs = {name: make(arch.in_features(module)) for name, module in linears.items()}
+    last: dict = {"input": None, "contribution": None}
+
+    def hook(acc, inp):
+        x = inp[0]
+        if last["input"] is not x:
+            last["input"], last["contribution"] = x, acc.contribution(x)
+        acc.add(last["contribution"], x.numel() // x.shape[-1])
+
+    with hooks_removed_on_exit() as handles:
+        for name, module in linears.items():
+            handles.append(module.register_forward_hook(lambda _m, inp, _out, a=accs[name]: hook(a, inp)))
+        step.run(side)
+    return accs
+
+
+@torch.no_grad()
+def collect_input_square_sums(model: nn.Module, arch: Architecture, input_ids: torch.Tensor,
+                              batch_size: int = 8, device: str = "cpu", desc: str = "calibrating",
+                              moments: bool = False):
+    """Sum over all calibration tokens of x_j^2 for every input channel j of every decoder linear.
+
+    Keys are ``"<layer index>.<linear name>"``; ``sqrt`` of a value is Wanda's ||X_j||_2.
+    With ``moments`` it returns ``(square sums, second moments)``: the second moments (sum of
+    x x^T, as LLM-Sieve's factorisation needs) once per distinct input of a layer, keyed by the
+    first linear reading it, and the square sums taken from their diagonals' float64 twin.
+    """
+    stats: dict[str, torch.Tensor] = {}
+    second: dict[str, torch.Tensor] = {}
+    for step in sequential_layers(model, arch, {"calibration": input_ids}, batch_size, device, desc):
+        accs = accumulate_inputs(step, arch, "calibration", Moments if moments else SquareSums)
+        layer_moments: list[torch.Tensor] = []
+        for name, acc in accs.items():
+            key = f"{step.index}.{name}"
+            if not moments:
+                stats[key] = acc.sum.to(torch.float32)
+                continue
+            stats[key] = acc.squares.sum.to(torch.float32)
+            h = acc.hessian.sum
+            # linears reading one input (q/k/v, gate/up) got identical sums: keep one tensor for them
+            second[key] = next((m for m in layer_moments if m.shape == h.shape and torch.equal(m, h)), h)
+            if second[key] is h:
+                layer_moments.append(h)
+    return (stats, second) if moments else stats
+

@@ -1,0 +1,143 @@
+"""The layer walk shared by calibration and layer-by-layer pruning.
+
+Sequential onloading: the embedding part of the model runs once to capture the
+inputs of decoder layer 0; then each layer in turn is moved to the device, run
+on its inputs with hooks on its linears, and its outputs become the inputs of
+the next layer. Only one decoder layer (plus the captured hidden states, kept
+on the CPU) is on the device at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from taskprune.errors import TaskPruneError
+from taskprune.models.architectures import Architecture
+
+
+SIDES = ("general", "task")  # the two calibration corpora: general text, task text
+
+
+class _Captured(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def hooks_removed_on_exit() -> Iterator[list]:
+    """Every hook handle appended to the yielded list is removed when the block ends."""
+    handles: list = []
+    try:
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def _onloaded(modules: list[nn.Module], device: str) -> Iterator[None]:
+    if device == "cpu":
+        yield
+        return
+    for module in modules:
+        module.to(device)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.to("cpu")
+
+
+def _non_layer_modules(model: nn.Module, layers: nn.ModuleList) -> list[nn.Module]:
+    """Leaf-level modules outside the decoder stack (embeddings, rotary tables, final norm, head)."""
+    layer_ids = {id(m) for m in layers.modules()}
+    return [m for m in model.modules()
+            if id(m) not in layer_ids and not any(True for _ in m.children())]
+
+
+def capture_layer_inputs(model: nn.Module, arch: Architecture, input_ids: torch.Tensor,
+                         batch_size: int, device: str) -> list[tuple[tuple, dict]]:
+    """Run the model up to decoder layer 0 for each batch; return that layer's (args, kwargs)."""
+    layers = arch.layers(model)
+    captured: list[tuple[tuple, dict]] = []
+
+    def grab(_module, args, kwargs):
+        captured.append((tuple(a.to("cpu") if torch.is_tensor(a) else a for a in args), kwargs))
+        raise _Captured
+
+    with _onloaded(_non_layer_modules(model, layers), device), hooks_removed_on_exit() as handles:
+        handles.append(layers[0].register_forward_pre_hook(grab, with_kwargs=True))
+        for start in range(0, input_ids.shape[0], batch_size):
+            try:
+                model(input_ids[start:start + batch_size].to(device), use_cache=False)
+            except _Captured:
+                pass
+    return captured
+
+
+def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+class LayerPass:
+    """One decoder layer during a sequential pass: its current inputs per calibration side.
+
+    ``run(side)`` runs the layer on that side's inputs (hooks see its linears' inputs);
+    after the caller changed the layer's weights it calls ``changed()``, and the
+    outputs handed to the next layer are recomputed with the new weights.
+    """
+
+    def __init__(self, index: int, layer: nn.Module, inputs: dict[str, list], device: str):
+        self.index, self.layer, self.inputs, self.device = index, layer, inputs, device
+        self.outputs: dict[str, list[torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def run(self, side: str) -> None:
+        outputs = []
+        for args, kwargs in self.inputs[side]:
+            args, kwargs = _with_hidden(args, kwargs, _hidden_of(args, kwargs).to(self.device))
+            try:
+                out = self.layer(*args, **kwargs)
+            except torch.OutOfMemoryError:
+                raise TaskPruneError("out of memory in calibration: lower calibration.batch_size, "
+                                     "calibration.seq_len or calibration.num_samples") from None
+            outputs.append((out[0] if isinstance(out, tuple) else out).to("cpu"))
+        self.outputs[side] = outputs
+
+    def changed(self) -> None:
+        self.outputs.clear()
+
+    def next_inputs(self) -> dict[str, list]:
+        for side in self.inputs:
+            if side not in self.outputs:
+                self.run(side)
+        return {side: [_with_hidden(args, kwargs, hidden) for (args, kwargs), hidden
+                       in zip(self.inputs[side], self.outputs[side])] for side in self.inputs}
+
+
+@torch.no_grad()
+def sequential_layers(model: nn.Module, arch: Architecture, blocks: dict[str, torch.Tensor], batch_size: int,
+                      device: str, desc: str) -> Iterator[LayerPass]:
+    """Yield each decoder layer, on the device, with the inputs it gets from the layers before it.
+
+    The model runs once up to layer 0 per side; from then on each layer runs on the
+    previous layer's outputs (after any changes the caller made to that layer).
+    """
+    layers = arch.layers(model)
+    inputs = {side: capture_layer_inputs(model, arch, ids, batch_size, device) for side, ids in blocks.items()}
+    for index, layer in enumerate(tqdm(layers, desc=desc, unit="layer")):
+        with _onloaded([layer], device):
+            step = LayerPass(index, layer, inputs, device)
+            yield step
+            inputs = step.next_inputs()
+

@@ -1,0 +1,43 @@
+"""Size (stored and non-zero parameters, decoder-linear parameters, bytes on disk) and decode speed."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def size_metrics(model, arch, model_dir: Path) -> dict:
+    """Stored parameters (tied weights once), non-zeros, decoder-linear parameters, bytes on disk."""
+    params = nonzero = 0
+    for p in model.parameters():  # parameters() already skips tied duplicates
+        params += p.numel()
+        nonzero += int(torch.count_nonzero(p).item())
+    # the matrices of every decoder linear (a factorized one has two: down and up; biases not counted)
+    matrices = [p for m in arch.named_linears(model).values() for p in m.parameters() if p.dim() == 2]
+    decoder_linear = sum(p.numel() for p in matrices)
+    decoder_linear_nonzero = sum(int(torch.count_nonzero(p).item()) for p in matrices)
+    return {
+        "params": params,
+        "nonzero_params": nonzero,
+        "decoder_linear_params": decoder_linear,
+        "decoder_linear_nonzero": decoder_linear_nonzero,
+        "bytes_on_disk": sum(f.stat().st_size for f in model_dir.glob("*.safetensors")),
+    }
+
+
+@torch.no_grad()
+def decode_tokens_per_s(model, tokenizer, new_tokens: int, device: str, repeats: int = 3) -> float:
+    """Greedy CPU/GPU decode speed at batch 1 (median of ``repeats`` timed generate calls)."""
+    inputs = tokenizer("The history of the old city begins", return_tensors="pt").to(device)
+    settings = dict(do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, **settings)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **settings)
+        times.append(time.perf_counter() - start)
+    return new_tokens / statistics.median(times)
+

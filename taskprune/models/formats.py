@@ -1,0 +1,59 @@
+"""How a model directory is stored: a plain transformers checkpoint, or a factorized one (low-rank linears,
+rebuilt by TaskPrune). A method declares the format of its result (``Plan.export``); loading, evaluation
+and tracking ask the directory's format, never the method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def _load_checkpoint(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
+                                                trust_remote_code=False)
+
+
+def _save_checkpoint(model, tokenizer, out: Path) -> None:
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def _load_factorized(path: Path):
+    from taskprune.lowrank import load_factorized
+
+    return load_factorized(path)
+
+
+def _save_factorized(model, tokenizer, out: Path) -> None:
+    from taskprune.lowrank import factorized_ranks, save_factorized
+
+    save_factorized(model, tokenizer, factorized_ranks(model), out)
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    name: str
+    marker: str | None                        # a file that only this format writes into the directory
+    mlflow_flavour: str                       # "transformers": mlflow.transformers; "files": logged as files
+    save: Callable[..., None]                 # save(model, tokenizer, out_dir)
+    load: Callable[[Path], object]            # load(dir) -> model (float32, eval mode not set)
+
+
+FORMATS = {
+    "checkpoint": ModelFormat("checkpoint", None, "transformers", _save_checkpoint, _load_checkpoint),
+    "factorized": ModelFormat("factorized", "lowrank.json", "files", _save_factorized, _load_factorized),
+}
+
+
+def format_of(directory: Path) -> ModelFormat:
+    """The format a model directory was saved in (its marker file; otherwise a plain checkpoint)."""
+    for fmt in FORMATS.values():
+        if fmt.marker and (directory / fmt.marker).is_file():
+            return fmt
+    return FORMATS["checkpoint"]

@@ -1,0 +1,212 @@
+"""MLflow: one parent run per pipeline result, the model registered with its lineage.
+
+The tracking URI comes from ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else a
+SQLite file in the project's state directory (artifacts beside it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from taskprune.config import Params
+from taskprune.secrets import redact
+from taskprune.models.formats import format_of
+from taskprune.models.loading import load_local
+from taskprune.paths import LORA_DIR
+from taskprune.tracking.plots import run_figures, run_name_of
+
+CHALLENGER = "challenger"
+
+
+def tracking_uri(params: Params, state_dir: Path) -> str:
+    return params.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state_dir / 'mlflow.db'}"
+
+
+def is_tracking_failure(exc: BaseException) -> bool:
+    """An error of the tracking server, its artifact store or the network to them (not a bug of ours)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    return isinstance(exc, (MlflowException, RequestException, BotoCoreError, ClientError, ConnectionError))
+
+
+def registered_name(params: Params, task_label: str) -> str:
+    """The registry name (the template and the task label hold safe characters only: it is quoted in
+    MLflow filters; plain replacement, not str.format, so a template cannot reach attributes)."""
+    return params.tracking.registered_model.replace("{task}", task_label).replace("{method}", params.prune.method)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def ensure_experiment(mlflow, name: str, uri: str, state_dir: Path) -> str:
+    """Experiment id; a new experiment on the default SQLite store keeps artifacts in the state dir."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = (state_dir / "mlartifacts" / name).resolve().as_uri() if uri.startswith("sqlite:") else None
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def register_result(*, params: Params, state_dir: Path, task_label: str, metrics: dict, per_matrix: dict,
+                    stage_records: dict[str, dict], model_dir: Path, artifacts: list[Path],
+                    lineage_tags: dict[str, str], exclusive: dict[str, dict[str, float]] | None = None,
+                    recovered_dir: Path | None = None, history: list[dict] | None = None,
+                    search: dict | None = None, report_html: str | None = None, result_key: str | None = None,
+                    figures: dict | None = None) -> dict:
+    """Log the run (params, metrics, plots, files, child run per stage) and register the model as a new
+    version with alias ``challenger``. Returns ids for ``register.json``.
+
+    Idempotent for one result: when versions tagged ``taskprune.result_key`` = ``result_key`` exist already
+    (an earlier attempt registered them and then failed, or was killed, before writing register.json),
+    they are returned instead of registering the same result twice."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(params, state_dir)
+    mlflow.set_tracking_uri(uri)
+    experiment_id = ensure_experiment(mlflow, params.tracking.experiment, uri, state_dir)
+    name = registered_name(params, task_label)
+    run_name = run_name_of(params, task_label)
+    tags = {**lineage_tags, "task": task_label, "method": params.prune.label,
+            **({RESULT_KEY: result_key} if result_key else {})}
+    if result_key:
+        earlier = _registered_result(MlflowClient(), name, result_key, recovered="recovered" in metrics
+                                     and recovered_dir is not None)
+        if earlier is not None:
+            return {**earlier, "experiment_id": experiment_id, "tracking_uri": redact(uri), "registered_model": name,
+                    "reused": True}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        mlflow.log_params({k: redact(str(v)) for k, v in flatten(params.model_dump()).items()})
+        for side in ("dense", "pruned", "recovered"):
+            if side not in metrics:
+                continue
+            mlflow.log_metrics({f"{side}.{k}": float(v) for k, v in metrics[side].items()
+                                if isinstance(v, (int, float))})
+        mlflow.log_metric("run_seconds", float(metrics["run_seconds"]))
+        if figures is None:
+            figures = run_figures(run_name, per_matrix, search, exclusive, history)
+        for path, figure in figures.items():
+            mlflow.log_figure(figure, path)
+        mlflow.log_dict(per_matrix["values"], f"{per_matrix['name']}.json")
+        if search and search.get("history"):
+            _log_search(MlflowClient(), run.info.run_id, search)
+        if report_html:
+            mlflow.log_text(report_html, "report.html")
+        for path in artifacts:
+            if path.exists():
+                mlflow.log_artifact(str(path))
+        for stage, record in stage_records.items():  # one child run per stage, with its wall time
+            with mlflow.start_run(run_name=stage, nested=True, experiment_id=experiment_id):
+                mlflow.log_metric("seconds", float(record.get("seconds", 0.0)))
+                mlflow.log_params({k: redact(str(v)) for k, v in record.items() if k not in ("seconds", "stage")})
+        client = MlflowClient()
+        if not _registered(client, name):
+            client.create_registered_model(name, tags={"task": task_label},
+                                           description=f"Pruned models for task {task_label} (TaskPrune)")
+        version, model_uri = _new_version(client, name, run.info.run_id, model_dir, "model", tags, metrics["pruned"],
+                                          "pruned", metrics["dense"])
+        result = {"version": version, "model_uri": model_uri}
+        if recovered_dir is not None and "recovered" in metrics:
+            if history:
+                _log_loss_curve(client, run.info.run_id, history)
+            recovered_tags = {**tags, "recovered": "true", "parent_version": version,
+                              "recover.merge": str(metrics["recovery"]["merge"])}
+            result["recovered_version"], result["recovered_model_uri"] = _new_version(
+                client, name, run.info.run_id, recovered_dir, "model_recovered", recovered_tags,
+                metrics["recovered"], "recovered", metrics["dense"])
+        newest = result.get("recovered_version", version)
+        client.set_registered_model_alias(name, CHALLENGER, newest)
+    return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": redact(uri),
+            "registered_model": name, **result}
+
+
+def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str, tags: dict, block: dict,
+                 side: str, dense: dict) -> tuple[str, str]:
+    """Log the model of ``model_dir`` to the active run and register it; returns (version, model uri)."""
+    import mlflow
+
+    if (model_dir / LORA_DIR).is_dir() or format_of(model_dir).mlflow_flavour == "files":
+        # a separate LoRA adapter, or a format only taskprune.load rebuilds (factorized): logged as files
+        mlflow.log_artifacts(str(model_dir), artifact)
+        model_uri, model_id = f"runs:/{run_id}/{artifact}", None
+    else:  # components, not the checkpoint path: MLflow 3.17's path route breaks on transformers 5
+        model, tokenizer, _arch = load_local(model_dir)
+        info = mlflow.transformers.log_model(
+            transformers_model={"model": model, "tokenizer": tokenizer}, name=artifact, task="text-generation",
+            pip_requirements=["transformers", "torch", "safetensors"])
+        # a REST server refuses a models:/ source without the logged model's id (a SQLite store does not ask)
+        model_uri, model_id = info.model_uri, info.model_id
+    keys = ("task_accuracy", "perplexity", "bytes_on_disk", "nonzero_params")
+    results = {**{f"{side}.{k}": str(block[k]) for k in keys},
+               **{f"eval.{k}": str(block[k]) for k in keys},  # side-neutral names, read by the promotion rule
+               **{f"dense.{k}": str(dense[k]) for k in keys}}
+    version = client.create_model_version(name=name, source=model_uri, run_id=run_id, tags={**tags, **results},
+                                          model_id=model_id)
+    return str(version.version), model_uri
+
+
+def _log_loss_curve(client, run_id: str, history: list[dict]) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric("recover.loss", float(h["loss"]), now, int(h["step"])) for h in history]
+    for start in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[start:start + 500])
+
+
+def _log_search(client, run_id: str, search: dict) -> None:
+    """Fitness per generation as metrics, and the Pareto front as a table (the plots come with run_figures)."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(f"search.{k}_fitness", float(h[k]), now, int(h["generation"]))
+                                      for h in search["history"] for k in ("best", "mean")])
+    if search.get("front"):
+        front = search["front"]
+        mlflow.log_table({key: [p.get(key) for p in front] for key in front[0]}, "search/pareto_front.json")
+
+
+RESULT_KEY = "taskprune.result_key"
+
+
+def _registered_result(client, name: str, key: str, recovered: bool) -> dict | None:
+    """The versions an earlier attempt registered for this result, when all of them exist."""
+    if not _registered(client, name):
+        return None
+    versions = client.search_model_versions(f"name='{name}' and tags.`{RESULT_KEY}` = '{key}'")
+    pruned = [v for v in versions if v.tags.get("recovered") != "true"]
+    again = [v for v in versions if v.tags.get("recovered") == "true"]
+    if not pruned or (recovered and not again):
+        return None
+    result = {"run_id": pruned[0].run_id, "version": str(pruned[0].version), "model_uri": pruned[0].source}
+    if recovered:
+        result.update(recovered_version=str(again[0].version), recovered_model_uri=again[0].source)
+    client.set_registered_model_alias(name, CHALLENGER, result.get("recovered_version", result["version"]))
+    return result
+
+
+def _registered(client, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+        return True
+    except MlflowException:
+        return False
