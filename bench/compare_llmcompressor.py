@@ -49,7 +49,7 @@ from taskprune.data.schema import split, write_jsonl  # noqa: E402
 from taskprune.data.tokens import token_blocks  # noqa: E402
 from taskprune.models.loading import load_local  # noqa: E402
 from taskprune.paths import Project  # noqa: E402
-from taskprune.pruning import SideStats, apply_masks, compute_masks, sparsegpt_masks  # noqa: E402
+from taskprune.pruning import SideStats, apply_masks, compute_masks, layerwise_masks  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 LOCK = HERE / "requirements-llmcompressor.lock"
@@ -169,7 +169,7 @@ class Bench:
             self.record(self.model, seed, label, BASELINE, wanda_s, self.tasks, held_out, kind="wanda")
             self.restore()
             started = time.perf_counter()
-            sparsegpt_masks(self.model, self.arch, cfg(method="sparsegpt"), None, {"general": blocks},
+            layerwise_masks(self.model, self.arch, cfg(method="sparsegpt"), None, {"general": blocks},
                             cal.batch_size)
             self.record(self.model, seed, label, "TaskPrune SparseGPT (general)", time.perf_counter() - started,
                         self.tasks, held_out, kind="sparsegpt")
@@ -202,7 +202,7 @@ class Bench:
                         apply_masks(self.model, self.arch, result.masks)
                         seconds = wanda_calibration + time.perf_counter() - started
                     else:
-                        sparsegpt_masks(self.model, self.arch, cfg(**extra), None,
+                        layerwise_masks(self.model, self.arch, cfg(**extra), None,
                                         {"general": blocks, "task": info["blocks"]}, cal.batch_size)
                         seconds = time.perf_counter() - started
                     self.record(self.model, seed, label, name, seconds, [task], held_out, kind=kind)

@@ -23,7 +23,6 @@ import shutil
 import statistics
 import tempfile
 import time
-from importlib import import_module
 from pathlib import Path
 
 from taskprune import env
@@ -34,11 +33,12 @@ from prune_matrix import mcnemar_p, write_report  # noqa: E402  (same directory)
 
 from taskprune import config  # noqa: E402
 from taskprune.paths import Project, read_json  # noqa: E402
+from taskprune.stages import run_stage  # noqa: E402
 
 
 def stage(name: str, params, project: Project, **options) -> float:
     start = time.perf_counter()
-    import_module(f"taskprune.stages.{name}").run(params, project, **options)
+    run_stage(name, params, project, **options)
     return time.perf_counter() - start
 
 
@@ -83,7 +83,7 @@ def main() -> None:
                 overrides.append(f"evaluate.limit={args.limit}")
             params = config.load(project.params_file, overrides)
             seconds = {name: stage(name, params, project) for name in ("prepare_data", "calibrate", "score")}
-            stage("evaluate", params, project, which="dense")
+            stage("evaluate_dense", params, project)
             dense = read_json(project.eval_dir / "dense.json")
             results, keep = {}, {}
             for allocation in ("uniform", "search"):
@@ -91,7 +91,7 @@ def main() -> None:
                 run_params.prune.allocation = allocation
                 seconds[f"search ({allocation})"] = stage("search", run_params, project)
                 stage("prune", run_params, project)
-                stage("evaluate", run_params, project, which="pruned")
+                stage("evaluate", run_params, project)
                 results[allocation] = read_json(project.eval_dir / "pruned.json")
                 results[allocation]["search"] = read_json(project.search / "allocation.json")
                 keep[allocation] = root / f"model-{allocation}"
@@ -99,7 +99,7 @@ def main() -> None:
             if not args.no_recover:  # LoRA on the GA model's factors
                 run_params.prune.allocation = "search"
                 seconds["recover"] = stage("recover", run_params, project)
-                stage("evaluate", run_params, project, which="recovered")
+                stage("evaluate_recovered", run_params, project)
                 results["search+lora"] = read_json(project.eval_dir / "recovered.json")
                 keep["search+lora"] = project.recovered_model
             speeds = decode_ratio({"dense": home.dense_model, **keep}, params.evaluate.decode_tokens,

@@ -19,7 +19,7 @@ from taskprune.results import compression_of
 StageName = Enum("StageName", {name: name for name in NAMES}, type=str)  # one list: the pipeline table
 
 # Stages the pipeline table marks as orchestrated (Stage.orchestrated_when): the flow that runs each.
-ORCHESTRATED = {"search": "flows.search:search_through_prefect"}
+ORCHESTRATED = {"search": "flows.ray_search:search_through_prefect"}
 
 
 @app.command()
@@ -27,7 +27,7 @@ def run(
     overrides: Annotated[list[str], typer.Option("-S", "--set", help="Override a params.yaml key, e.g. -S prune.sparsity=0.6 (written to params.yaml, like dvc exp run -S)")] = [],  # noqa: B006
 ) -> None:
     """Run the whole pipeline as a Prefect flow; finished, unchanged stages are skipped."""
-    from flows.pipeline import pipeline
+    from flows.pipeline_flow import pipeline
     from taskprune.secrets import install_log_filter
 
     install_log_filter()  # Prefect's handlers exist now

@@ -18,7 +18,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.pipeline import pipeline
+from flows.pipeline_flow import pipeline
 from taskprune import env
 from taskprune.paths import Project, run_lock
 from taskprune.secrets import install_log_filter

@@ -1,4 +1,4 @@
-"""Fitness evaluations as Prefect tasks, for the search on Prefect's Ray task runner (flows/search.py).
+"""Fitness evaluations as Prefect tasks, for the search on Prefect's Ray task runner (flows/ray_search.py).
 
 Each Ray worker process builds a ``FitnessWorker`` (the model with every searched matrix at any
 level) the first time it sees a spec and keeps it for the rest of the search, so a genome costs
@@ -30,7 +30,7 @@ def evaluate_genome(spec: WorkerSpec, method: str, genome) -> float:
 
 class TaskEvaluator(Evaluator):
     """Submits one Prefect task per genome to the task runner of the flow it is used in (Ray in
-    flows/search.py); each task takes one CPU of the cluster and one torch thread."""
+    flows/ray_search.py); each task takes one CPU of the cluster and one torch thread."""
 
     def __init__(self, spec: WorkerSpec, workers: int = 1):
         self.spec = replace(spec, threads=1)

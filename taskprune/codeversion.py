@@ -24,8 +24,14 @@ PACKAGE = "taskprune"
 class _Imports(ast.NodeVisitor):
     """Module names an AST imports (absolute names; relative imports resolved against ``module``)."""
 
-    def __init__(self, module: str, is_package: bool):
-        self.module, self.is_package, self.found = module, is_package, []
+    def __init__(self, module: str, is_package: bool, nested: bool = True):
+        self.module, self.is_package, self.nested, self.found = module, is_package, nested, []
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        if self.nested:  # an import inside a function runs when it is called
+            self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_If(self, node: ast.If) -> None:
         test = node.test
@@ -58,7 +64,7 @@ class CodeGraph:
 
             package_dir = Path(taskprune.__file__).resolve().parent
         self.package_dir = package_dir
-        self._edges: dict[str, list[str]] = {}
+        self._edges: dict[tuple, list[str]] = {}
 
     def file_of(self, module: str) -> Path | None:
         if module != PACKAGE and not module.startswith(PACKAGE + "."):
@@ -69,19 +75,31 @@ class CodeGraph:
                 return candidate
         return None
 
-    def imports(self, module: str, file: Path) -> list[str]:
-        """The TaskPrune modules that importing ``module`` (at ``file``) runs."""
-        if module not in self._edges:
-            visitor = _Imports(module, file.name == "__init__.py")
+    def imports(self, module: str, file: Path, *, runtime: bool = True) -> list[str]:
+        """The TaskPrune modules that importing ``module`` (at ``file``) and calling its functions runs.
+
+        ``runtime=False``: only the modules its import statements name at module level (the edges an
+        import cycle would follow), without the parent packages an import also runs."""
+        key = (module, runtime)
+        if key not in self._edges:
+            visitor = _Imports(module, file.name == "__init__.py", nested=runtime)
             visitor.visit(ast.parse(file.read_text(encoding="utf-8"), str(file)))
             names = []
             for base, name in visitor.found:
                 for candidate in ([f"{base}.{name}"] if name else []) + [base]:
                     if self.file_of(candidate):
-                        names += _with_parents(candidate)
+                        names += _with_parents(candidate) if runtime else [candidate]
                         break
-            self._edges[module] = sorted(set(names) - {module})
-        return self._edges[module]
+            self._edges[key] = sorted(set(names) - {module})
+        return self._edges[key]
+
+    def modules(self) -> dict[str, Path]:
+        """Every module of the package: name -> file."""
+        found = {}
+        for file in sorted(self.package_dir.rglob("*.py")):
+            parts = [PACKAGE, *file.relative_to(self.package_dir).with_suffix("").parts]
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = file
+        return found
 
     def closure(self, roots: dict[str, Path]) -> dict[str, Path]:
         """Module name -> file of ``roots`` and every TaskPrune module they import, directly or not."""

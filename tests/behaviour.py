@@ -102,7 +102,7 @@ def main(out: str) -> None:
     sys.path.insert(0, str(HERE))
     import torch
 
-    from conftest import corpus, make_tiny_model, write_general_text  # noqa: F401 (corpus used by the tokenizer)
+    from conftest import make_tiny_model, write_general_text
     from taskprune import env
     from taskprune.data import builtin
 

@@ -76,6 +76,12 @@ def configure_tiny(project: Path, model_dir: Path, task_rows: list[dict], genera
     subprocess.run(["git", "commit", "-q", "-m", "tiny setup"], cwd=project, check=True)
 
 
+def per_matrix_of(sparsities: dict[str, float]) -> dict:
+    """What a masking method's pruned model reports per matrix (its stage.json ``per_matrix``)."""
+    return {"name": "sparsity_per_layer", "title": "sparsity per layer", "quantity": "sparsity",
+            "values": sparsities}
+
+
 SIDE = {"task_accuracy": 0.5, "perplexity": 10.0, "params": 100, "nonzero_params": 50,
         "decoder_linear_params": 80, "bytes_on_disk": 400, "tokens_per_s": 12.0}
 
@@ -86,6 +92,6 @@ def register_tiny(params, tmp_path: Path, model_dir: Path, **extra) -> dict:
 
     kwargs = dict(params=params, state_dir=tmp_path, task_label="capital",
                   metrics={"task": "capital", "method": "wanda", "dense": SIDE, "pruned": SIDE, "run_seconds": 1.0},
-                  per_layer={"0.mlp.up_proj": 0.5}, stage_records={}, model_dir=model_dir, artifacts=[],
+                  per_matrix=per_matrix_of({"0.mlp.up_proj": 0.5}), stage_records={}, model_dir=model_dir, artifacts=[],
                   lineage_tags={})
     return register_result(**{**kwargs, **extra})

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from taskprune import masks
-from taskprune.scoring import scores_for
+from taskprune.scoring import magnitude_scores
 from taskprune.scoring.wanda import wanda_scores
 
 
@@ -45,7 +45,7 @@ def test_wanda_formula_and_magnitude():
     square_sums = torch.tensor([4.0, 1.0])
     expected = torch.tensor([[2.0, 2.0], [6.0, 0.5]])
     assert torch.allclose(wanda_scores(weight, square_sums), expected)
-    assert torch.allclose(scores_for("magnitude", weight, None), weight.abs())
+    assert torch.allclose(magnitude_scores(weight), weight.abs())
     with pytest.raises(ValueError, match="expected \\(2,\\)"):
         wanda_scores(weight, torch.ones(3))
 

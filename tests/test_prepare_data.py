@@ -8,7 +8,7 @@ from conftest import write_general_text
 from taskprune.config import Params
 from taskprune.errors import TaskPruneError
 from taskprune.paths import Project, atomic_dir, read_json
-from taskprune.stages import prepare_data
+from taskprune.stages import run_stage
 from prefect_tasks.stages import task_source_changed
 
 ROWS = [{"query": f"Question {i}?", "choices": ["yes", "no", "maybe"], "gold": i % 3} for i in range(40)]
@@ -32,7 +32,7 @@ def test_local_task_split_and_fingerprint_change(tmp_path):
     project = Project(tmp_path)
     write_rows(tmp_path / "t.jsonl", ROWS)
     params = params_for(tmp_path, "t.jsonl")
-    prepare_data.run(params, project)
+    run_stage("prepare_data", params, project)
     info = read_json(project.data / "stage.json")
     assert info["calib_examples"] + info["test_examples"] == 40 and info["chance_accuracy"] == pytest.approx(1 / 3)
     assert info["task"] == "t" and info["task_fingerprint"].startswith("sha256:")
@@ -52,13 +52,13 @@ def test_s3_task(tmp_path, monkeypatch):
         s3.create_bucket(Bucket="tasks-bucket")
         s3.put_object(Bucket="tasks-bucket", Key="tasks/qa.jsonl", Body="".join(json.dumps(r) + "\n" for r in ROWS))
         project = Project(tmp_path)
-        prepare_data.run(params_for(tmp_path, "s3://tasks-bucket/tasks/qa.jsonl"), project)
+        run_stage("prepare_data", params_for(tmp_path, "s3://tasks-bucket/tasks/qa.jsonl"), project)
         info = read_json(project.data / "stage.json")
         assert info["task"] == "qa" and info["task_fingerprint"].startswith("s3-etag:")
         s3.put_object(Bucket="tasks-bucket", Key="tasks/qa.jsonl", Body="".join(json.dumps(r) + "\n" for r in ROWS[:30]))
         assert task_source_changed.fn(str(tmp_path)) is True
         with pytest.raises(TaskPruneError, match="s3://tasks-bucket/tasks/gone.jsonl: cannot read S3 object: object does not exist"):
-            prepare_data.run(params_for(tmp_path, "s3://tasks-bucket/tasks/gone.jsonl"), project)
+            run_stage("prepare_data", params_for(tmp_path, "s3://tasks-bucket/tasks/gone.jsonl"), project)
         assert read_json(project.data / "stage.json") == info  # the failed run left the old output alone
 
 

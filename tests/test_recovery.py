@@ -103,7 +103,8 @@ def test_test_rows_never_reach_training():
 @pytest.mark.parametrize("merge", [True, False])
 def test_recover_stage_trains_on_the_calibration_split_only(tiny_llama_dir, tmp_path, merge):
     from taskprune.data.schema import read_jsonl
-    from taskprune.stages import evaluate, prepare_data, recover
+    from taskprune.stages import run_stage
+    from taskprune.stages.evaluate import evaluate_model
 
     project = Project(tmp_path)
     (tmp_path / "task.jsonl").write_text("".join(__import__("json").dumps(ex.to_row()) + "\n" for ex in ROWS))
@@ -112,13 +113,13 @@ def test_recover_stage_trains_on_the_calibration_split_only(tiny_llama_dir, tmp_
         "calibration": {"general": {"source": "file", "path": str(write_general_text(tmp_path / "g.txt"))}},
         "evaluate": {"perplexity_docs": 4, "decode_tokens": 2, "limit": 8},
         "recover": {"enabled": True, "steps": 3, "rank": 4, "merge": merge, "checkpoint_every": 2}})
-    prepare_data.run(params, project)
+    run_stage("prepare_data", params, project)
     model, tokenizer, arch, masks = pruned_tiny(tiny_llama_dir)
     save_model(model, tokenizer, project.pruned_model)
     write_json(project.pruned_model / "stage.json", {"method": "magnitude"})
     project.masks.mkdir(parents=True)
     masklib.save_masks(project.masks / "masks.safetensors", masks)
-    recover.run(params, project)
+    run_stage("recover", params, project)
     info = read_json(project.recovered_model / "stage.json")
     calib = {ex.id for ex in read_jsonl(project.data / "task_calib.jsonl")}
     test = {ex.id for ex in read_jsonl(project.data / "task_test.jsonl")}
@@ -129,7 +130,7 @@ def test_recover_stage_trains_on_the_calibration_split_only(tiny_llama_dir, tmp_
     for key, module in arch.named_linears(recovered).items():
         assert torch.equal(arch.weight(module) != 0, masks[key]), key
     assert (project.recovered_model / "adapter").is_dir() is (not merge)
-    result = evaluate.evaluate_model(params, project, "recovered")
+    result = evaluate_model(params, project, "recovered")
     assert 0 <= result["task_accuracy"] <= 1
     assert ("adapter_params" in result) is (not merge)
     shutil.rmtree(project.recovered_model)

@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 
 from PIL import Image
 
+from pipeline_helpers import per_matrix_of
 from taskprune.report import html_report
 
 SIDE = {"task_accuracy": 0.5, "perplexity": 10.0, "params": 100, "nonzero_params": 50, "decoder_linear_params": 80,
@@ -51,8 +52,8 @@ def test_sparsity_run_report_has_table_heatmap_loss_curve_and_stage_times():
                "recovered": {**SIDE, "task_accuracy": 0.6}, "run_seconds": 9.0,
                "stage_seconds": {"calibrate": 2.0, "score": 1.0},
                "recovery": {"steps": 2, "first_loss": 3.0, "final_loss": 2.0, "minutes": 0.1, "merge": True}}
-    per_layer = {f"{i}.mlp.up_proj": 0.5 for i in range(3)}
-    html = html_report(metrics, per_layer, "wanda-<run>", history=[{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}],
+    per_matrix = per_matrix_of({f"{i}.mlp.up_proj": 0.5 for i in range(3)})
+    html = html_report(metrics, per_matrix, "wanda-<run>", history=[{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}],
                        exclusive={f"{i}.mlp.up_proj": {"task": 0.1, "general": 0.05} for i in range(3)})
     page = parse(html)
     assert "wanda-&lt;run&gt;" in html  # names are escaped
@@ -71,7 +72,9 @@ def test_sieve_report_has_rank_map_convergence_and_pareto_table():
               "front": [{"cost": 10, "size_fraction": 0.3, "fitness": -4.0},
                         {"cost": 20, "size_fraction": 0.6, "fitness": -2.0}]}
     metrics = {"task": "capital", "method": "sieve", "dense": SIDE, "pruned": SIDE, "run_seconds": 1.0, "search": search}
-    page = parse(html_report(metrics, {}, "sieve-run", search=search,
+    per_matrix = {"name": "reduction_per_matrix", "title": "parameters removed per matrix",
+                  "quantity": "share of the matrix's parameters removed", "values": search["matrix_reduction"]}
+    page = parse(html_report(metrics, per_matrix, "sieve-run", search=search,
                              registration={"registered_model": "m", "version": "3", "run_id": "abc"}))
     assert {"Parameters removed per matrix (rank)", "Genetic search: convergence", "Genetic search: Pareto front",
             "Pareto front (table)"} <= set(page.headings)

@@ -84,7 +84,7 @@ def test_pareto_front_is_sorted_and_non_dominated():
 
 def test_sparsity_levels_of_the_worker_match_the_mask_rule():
     from taskprune.masks import unstructured_mask
-    from taskprune.search.fitness import row_ranks
+    from taskprune.search.levels import row_ranks
 
     scores = torch.rand(16, 40, generator=torch.Generator().manual_seed(0))
     ranks = row_ranks(scores)
@@ -130,15 +130,13 @@ def tiny_project(tmp_path, model_dir, **sections) -> tuple[Project, Params]:
 
 
 def run_stages(params, project, *names):
-    from importlib import import_module
+    from taskprune.stages import run_stage
 
     for name in names:
-        import_module(f"taskprune.stages.{name}").run(params, project)
+        run_stage(name, params, project)
 
 
 def test_sieve_search_end_to_end_on_a_tiny_model(tiny_llama_dir, tmp_path):
-    from taskprune.stages import evaluate
-
     project, params = tiny_project(tmp_path, tiny_llama_dir, prune={"method": "sieve", "allocation": "search"},
                                    recover={"enabled": True, "steps": 2})
     run_stages(params, project, "prepare_data", "calibrate", "score", "search", "prune")
@@ -148,14 +146,13 @@ def test_sieve_search_end_to_end_on_a_tiny_model(tiny_llama_dir, tmp_path):
     assert allocation["best_fitness"] >= allocation["uniform_fitness"]
     assert (project.moments / "task.safetensors").is_file() and (project.updates / "factors.safetensors").is_file()
     assert not (project.state / "checkpoints").exists() or not any((project.state / "checkpoints").iterdir())
-    evaluate.run(params, project, "dense")
-    evaluate.run(params, project, "pruned")
+    run_stages(params, project, "evaluate_dense", "evaluate")
     dense, pruned = read_json(project.eval_dir / "dense.json"), read_json(project.eval_dir / "pruned.json")
     assert pruned["decoder_linear_params"] == allocation["cost"]
     assert pruned["decoder_linear_params"] <= 0.61 * dense["decoder_linear_params"]
     assert pruned["bytes_on_disk"] < dense["bytes_on_disk"] and pruned["tokens_per_s"] > 0
     run_stages(params, project, "recover")  # LoRA on the factors keeps their ranks
-    evaluate.run(params, project, "recovered")
+    run_stages(params, project, "evaluate_recovered")
     metrics = read_json(project.metrics)
     assert metrics["recovered"]["decoder_linear_params"] == pruned["decoder_linear_params"]
     assert metrics["search"]["kind"] == "lowrank" and metrics["search"]["generations"] == 2
@@ -201,7 +198,7 @@ def test_search_is_off_unless_asked(tiny_llama_dir, tmp_path):
 @pytest.mark.slow
 def test_process_workers_compute_the_serial_fitness(tiny_llama_dir, tmp_path):
     from taskprune.search.fitness import ProcessEvaluator, SerialEvaluator
-    from taskprune.stages.search import level_space, worker_spec
+    from taskprune.search.fitness import worker_spec
 
     project, params = tiny_project(tmp_path, tiny_llama_dir, prune={"method": "sieve", "allocation": "search"})
     run_stages(params, project, "prepare_data", "calibrate", "score")
@@ -209,8 +206,8 @@ def test_process_workers_compute_the_serial_fitness(tiny_llama_dir, tmp_path):
 
     model, _, arch = load_local(project.dense_model)
     shapes = {k: tuple(arch.weight(m).shape) for k, m in arch.named_linears(model).items()}
-    space, values, kind = level_space(params, shapes)
-    spec = worker_spec(params, project, values, kind)
+    space, values = params.prune.method_object.level_space(params, shapes)
+    spec = worker_spec(params, project, values)
     genomes = np.stack([space.uniform, np.zeros_like(space.uniform), np.full_like(space.uniform, 5)])
     serial = SerialEvaluator(spec)(genomes)
     assert np.ptp(serial) > 1e-4  # the levels change the fitness
@@ -235,7 +232,9 @@ def test_search_on_prefects_ray_task_runner_matches_the_local_search(tiny_llama_
     Ray here); every fitness is a Prefect task on a Ray worker, and the search ends where the local one does."""
     import ray
 
-    from taskprune.stages import ROUTES, run_stage
+    from flows.app import StageName
+    from flows.app import stage as stage_command
+    from taskprune.stages import run_stage
 
     local, params = tiny_project(tmp_path / "local", tiny_llama_dir, prune={"method": "sieve", "allocation": "search"})
     run_stages(params, local, "prepare_data", "calibrate", "score", "search")
@@ -244,9 +243,11 @@ def test_search_on_prefects_ray_task_runner_matches_the_local_search(tiny_llama_
     on_ray, params = tiny_project(tmp_path / "ray", tiny_llama_dir, prune={"method": "sieve", "allocation": "search"},
                                   search={"ray_address": "local"})
     run_stages(params, on_ray, "prepare_data", "calibrate", "score")
-    monkeypatch.setitem(ROUTES, "search", "flows.search:route")  # what the `taskprune` command registers
+    with pytest.raises(TaskPruneError, match="runs through Prefect"):
+        run_stage("search", params, on_ray)  # the table marks it orchestrated: the library alone refuses
+    monkeypatch.setattr("flows.app.project_and_params", lambda: (on_ray, params))
     try:
-        run_stage("search", params, on_ray)
+        stage_command(StageName("search"))  # `taskprune stage search`, as dvc.yaml runs it
     finally:
         ray.shutdown()
     got = read_json(on_ray.search / "allocation.json")

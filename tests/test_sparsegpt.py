@@ -8,7 +8,7 @@ from taskprune.calibration import (Hessian, SquareSums, accumulate_inputs, colle
                                    sequential_layers)
 from taskprune.config import PruneConfig
 from taskprune.models.loading import load_local
-from taskprune.pruning import SideStats, compute_masks, sparsegpt_masks
+from taskprune.pruning import SideStats, compute_masks, layerwise_masks
 from taskprune.scoring.sparsegpt import sparsegpt_prune
 from taskprune.scoring.task_aware import task_aware_sparsegpt
 from taskprune.scoring.wanda import wanda_scores
@@ -134,7 +134,7 @@ def test_sparsegpt_methods_on_every_architecture(tiny_model_dir, cfg, pattern):
     dense = {k: arch.weight(m).clone() for k, m in arch.named_linears(model).items()}
     blocks = {"general": tiny_blocks(model, 0), "task": tiny_blocks(model, 1)}
     config = PruneConfig.model_validate({**cfg, "pattern": pattern, "sparsegpt": {"blocksize": 8}})
-    result = sparsegpt_masks(model, arch, config, None, blocks, batch_size=2)
+    result = layerwise_masks(model, arch, config, None, blocks, batch_size=2)
     for key, module in arch.named_linears(model).items():
         mask, weight = result.masks[key], arch.weight(module)
         if pattern == "2:4":
@@ -155,7 +155,7 @@ def test_sparsegpt_with_owl_allocation(tiny_llama_dir):
                               for k, m in linears.items()}, 64) for side in ("general", "task")}
     cfg = PruneConfig(method="sparsegpt", allocation="owl", sparsity=0.6)
     owl = compute_masks(model, arch, PruneConfig(method="wanda", allocation="owl", sparsity=0.6), stats)
-    result = sparsegpt_masks(model, arch, cfg, stats, {"general": tiny_blocks(model, 0)}, batch_size=2)
+    result = layerwise_masks(model, arch, cfg, stats, {"general": tiny_blocks(model, 0)}, batch_size=2)
     assert result.layer_target == owl.layer_target  # OWL ratios from Wanda scores of the dense model
     total = sum(m.numel() for m in result.masks.values())
     assert 1 - sum(int(m.sum()) for m in result.masks.values()) / total == pytest.approx(0.6, abs=0.01)

@@ -1,5 +1,6 @@
 """MLflow registration into a temporary SQLite store."""
 
+from pipeline_helpers import per_matrix_of
 from taskprune.config import Params
 from taskprune.tracking import CHALLENGER, register_result
 
@@ -14,7 +15,7 @@ def test_register_creates_run_version_alias_and_tags(tmp_path, tiny_llama_dir):
     metrics = {"task": "capital", "method": "wanda", "dense": dict(side, chance_accuracy=0.25),
                "pruned": dict(side, sparsity=0.5), "run_seconds": 3.0}
     kwargs = dict(params=params, state_dir=tmp_path, task_label="capital", metrics=metrics,
-                  per_layer={"0.mlp.up_proj": 0.5, "1.mlp.up_proj": 0.5},
+                  per_matrix=per_matrix_of({"0.mlp.up_proj": 0.5, "1.mlp.up_proj": 0.5}),
                   stage_records={"calibrate": {"stage": "calibrate", "seconds": 1.5}},
                   model_dir=tiny_llama_dir, artifacts=[], lineage_tags={"git_commit": "abc", "dvc.masks_md5": "m5"})
     first = register_result(**kwargs)
@@ -48,7 +49,7 @@ def test_recovered_model_is_registered_with_its_parent_and_loss_curve(tmp_path, 
                "recovery": {"merge": True, "steps": 3}, "run_seconds": 3.0}
     history = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 3, "loss": 1.2}]
     result = register_result(params=params, state_dir=tmp_path, task_label="capital", metrics=metrics,
-                             per_layer={"0.mlp.up_proj": 0.5}, stage_records={}, model_dir=tiny_llama_dir,
+                             per_matrix=per_matrix_of({"0.mlp.up_proj": 0.5}), stage_records={}, model_dir=tiny_llama_dir,
                              artifacts=[], lineage_tags={}, recovered_dir=tiny_llama_dir, history=history)
     client = MlflowClient(tracking_uri=params.tracking.uri)
     assert (result["version"], result["recovered_version"]) == ("1", "2")
@@ -83,7 +84,9 @@ def test_sieve_run_logs_convergence_pareto_front_and_the_factorized_model_as_fil
     result = register_result(params=params, state_dir=tmp_path, task_label="capital",
                              metrics={"task": "capital", "method": "sieve", "dense": side, "pruned": side,
                                       "run_seconds": 1.0},
-                             per_layer={}, stage_records={}, model_dir=tmp_path / "sieve", artifacts=[],
+                             per_matrix={"name": "reduction_per_matrix", "title": "parameters removed per matrix",
+                                         "quantity": "share removed", "values": search["matrix_reduction"]},
+                             stage_records={}, model_dir=tmp_path / "sieve", artifacts=[],
                              lineage_tags={}, search=search)
     client = MlflowClient(tracking_uri=params.tracking.uri)
     curve = client.get_metric_history(result["run_id"], "search.best_fitness")

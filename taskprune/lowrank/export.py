@@ -21,10 +21,6 @@ def save_factorized(model: nn.Module, tokenizer, ranks: dict[str, int], out_dir:
                                                    sort_keys=True) + "\n", encoding="utf-8")
 
 
-def is_factorized(directory: Path) -> bool:
-    return (directory / LOWRANK_FILE).is_file()
-
-
 def _state_dict_files(directory: Path) -> list[Path]:
     index = directory / "model.safetensors.index.json"
     if index.is_file():

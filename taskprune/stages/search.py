@@ -9,7 +9,7 @@ only a stage.json saying the search is off.
 Generation checkpoints live in ``.taskprune/checkpoints/search-<fingerprint of the inputs>``
 until the stage ends; a killed search resumes from the last generation. With ``search.ray_address``
 the pipeline table marks this stage as orchestrated: `taskprune stage search` runs it as a Prefect
-flow on Prefect's Ray task runner (flows/search.py), which passes its own evaluator factory.
+flow on Prefect's Ray task runner (flows/ray_search.py), which passes its own evaluator factory.
 """
 
 from __future__ import annotations
