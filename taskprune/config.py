@@ -56,7 +56,7 @@ class GeneralTextConfig(_Strict):
 
 
 class CalibrationConfig(_Strict):
-    general: GeneralTextConfig = GeneralTextConfig()
+    general: GeneralTextConfig = Field(default_factory=GeneralTextConfig)
     num_samples: int = Field(64, gt=0, description="Sequences per side (general and task)")
     seq_len: int = Field(128, ge=8, le=8192)
     seed: int = 0
@@ -102,10 +102,10 @@ class PruneConfig(_Strict):
     pattern: str = Field("unstructured", description="'unstructured' or N:M such as '2:4' (N kept of every M)")
     allocation: Literal["uniform", "owl", "search"] = Field(
         "uniform", description="uniform | owl | search (genetic search of per-matrix levels, params: search)")
-    task_aware: TaskAwareConfig = TaskAwareConfig()
-    owl: OWLConfig = OWLConfig()
-    sparsegpt: SparseGPTConfig = SparseGPTConfig()
-    sieve: SieveConfig = SieveConfig()
+    task_aware: TaskAwareConfig = Field(default_factory=TaskAwareConfig)
+    owl: OWLConfig = Field(default_factory=OWLConfig)
+    sparsegpt: SparseGPTConfig = Field(default_factory=SparseGPTConfig)
+    sieve: SieveConfig = Field(default_factory=SieveConfig)
 
     @field_validator("pattern")
     @classmethod
@@ -253,15 +253,15 @@ class TrackingConfig(_Strict):
 
 
 class Params(_Strict):
-    model: ModelConfig = ModelConfig()
-    task: TaskConfig = TaskConfig()
-    calibration: CalibrationConfig = CalibrationConfig()
-    prune: PruneConfig = PruneConfig()
-    search: SearchConfig = SearchConfig()
-    recover: RecoverConfig = RecoverConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    promote: PromoteConfig = PromoteConfig()
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    recover: RecoverConfig = Field(default_factory=RecoverConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
 
 
 def _yaml12():

@@ -22,12 +22,13 @@ def cli_env(project: Path) -> dict[str, str]:
     return environment
 
 
-def run(args: list[str], project: Path, timeout: int = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=project, env=cli_env(project), capture_output=True, text=True, timeout=timeout)
+def run(args: list[str], project: Path, timeout: int = 1200, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=project, env={**cli_env(project), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
 
 
-def taskprune(project: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    return run([str(Path(sys.executable).parent / "taskprune"), *args], project, timeout)
+def taskprune(project: Path, *args: str, timeout: int = 1200, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run([str(Path(sys.executable).parent / "taskprune"), *args], project, timeout, env)
 
 
 def dvc(project: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from taskprune import masks
-from taskprune.scoring import magnitude_scores
+from taskprune.scoring.magnitude import magnitude_scores
 from taskprune.scoring.wanda import wanda_scores
 
 

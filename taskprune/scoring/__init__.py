@@ -1,6 +1,3 @@
-"""Importance scores: pure functions ``(weight, statistics) -> scores`` (higher = keep)."""
-
-from taskprune.scoring.magnitude import magnitude_scores
-from taskprune.scoring.wanda import wanda_scores
-
-__all__ = ["magnitude_scores", "wanda_scores"]
+"""Importance scores: pure functions ``(weight, statistics) -> scores`` (higher = keep), one module per
+criterion (magnitude, wanda, sparsegpt, task_aware, owl). Import the module you need: a method's code
+version then covers the criteria it uses and no other."""
