@@ -101,16 +101,14 @@ def methods() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from taskprune.config import PruneConfig
-    from taskprune.methods import get_method, method_names
+    from taskprune.methods.registry import describe
 
+    rows = describe()
     table = Table(title="compression methods (prune.method)")
-    for column in ("method", "what it does", "statistics", "search levels", "result"):
+    for column in rows[0]:
         table.add_column(column)
-    for name in method_names():
-        method = get_method(name)
-        plan = method.plan(PruneConfig(method=name))
-        table.add_row(name, method.summary, ", ".join(plan.statistics) or "none", plan.levels or "-", plan.export)
+    for row in rows:
+        table.add_row(*row.values())
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 

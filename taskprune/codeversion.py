@@ -3,7 +3,7 @@
 A stage's code is the closure of its module's imports inside ``taskprune`` (read from the source
 with ``ast``; imports under ``if TYPE_CHECKING:`` do not run and do not count), plus, for the stages
 that call the method (``Stage.method_code`` in the pipeline table), the method's module and its
-closure, or only the method's plan (its declaration) for a stage that just reads what it needs.
+closure, or only the statistics its plan asks for (calibrate, which just collects them).
 The method registry imports method modules by name, so a stage's own closure never pulls in every
 method: editing Wanda's scoring re-runs score onwards of a Wanda run, not calibration.
 
@@ -150,11 +150,11 @@ def stage_code(stage, method, cfg, graph: CodeGraph | None = None) -> dict:
     extra = ""
     if stage.method_code == "module":
         roots.append(type(method).__module__)
-    elif stage.method_code == "plan":
-        extra = json.dumps({"method": method.name, "plan": method.plan(cfg).as_dict()}, sort_keys=True)
+    elif stage.method_code == "statistics":
+        extra = json.dumps({"statistics": list(method.plan(cfg).statistics)}, sort_keys=True)
     files = graph.closure(graph.module_roots(*roots))
     return {"stage": stage.name, "code": digest(files, extra), "modules": sorted(files),
-            **({"plan": json.loads(extra)} if extra else {})}
+            **(json.loads(extra) if extra else {})}
 
 
 def code_version(records: list[dict]) -> str:

@@ -36,7 +36,7 @@ class Stage:
     params: tuple[str, ...] = ()               # params.yaml keys or sections
     outs: tuple[Out, ...] = ()
     options: dict = field(default_factory=dict)
-    method_code: str | None = None             # "plan": depends on the method's declaration; "module": on its code
+    method_code: str | None = None             # "module": depends on the method's code; "statistics": on what it asks for
     always_run: bool = False                   # bookkeeping that runs every time (not shown as work done)
     # when this holds, the stage must run through the orchestrator (flows/ owns how); run directly it stops
     orchestrated_when: Callable[[Params], bool] | None = None
@@ -61,7 +61,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("calibrate", "taskprune.stages.calibrate:run",
           "the statistics the method asks for, on general and on task text",
           deps=("dense_model", "data"), params=("calibration.num_samples", "calibration.seq_len", "prune.method"),
-          outs=(Out("stats"), Out("moments", cache=False)), method_code="plan"),
+          outs=(Out("stats"), Out("moments", cache=False)), method_code="statistics"),
     Stage("score", "taskprune.stages.score:run",
           "the method's masks, updated weights or factors of every decoder linear",
           deps=("dense_model", "data", "stats", "moments"), params=("prune",),

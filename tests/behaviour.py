@@ -102,7 +102,7 @@ def main(out: str) -> None:
     sys.path.insert(0, str(HERE))
     import torch
 
-    from conftest import make_tiny_model, write_general_text
+    from conftest import make_tiny_model, train_tokenizer, write_general_text
     from taskprune import env
     from taskprune.data import builtin
 
@@ -120,25 +120,6 @@ def main(out: str) -> None:
             results[name] = run_config(work, name, settings, model, task, general)
             print(f"{name}: {len(results[name])} files hashed", flush=True)
     Path(out).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-
-
-def train_tokenizer(out: Path) -> Path:
-    """The byte-level BPE tokenizer of tests/conftest.py (the fixture, without pytest)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from conftest import corpus
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus(), trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
-    fast.save_pretrained(out)
-    return out
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ def corpus() -> list[str]:
     return texts + ["The history of the old city begins with a small village by the river."] * 20
 
 
-@pytest.fixture(scope="session")
-def tokenizer_dir(tmp_path_factory) -> Path:
+def train_tokenizer(out: Path) -> Path:
+    """A byte-level BPE tokenizer trained in-process on the built-in tasks' text, saved at ``out``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -38,9 +38,13 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     tok.train_from_iterator(corpus(), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
                                    pad_token="<|endoftext|>", unk_token="<|endoftext|>")
-    out = tmp_path_factory.mktemp("tokenizer")
     fast.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    return train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
 def tiny_config(arch: str, vocab: int):

@@ -41,3 +41,13 @@ def test_dvc_yaml_is_the_pipeline_table():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert list(stages) == list(NAMES)
     assert all(spec["cmd"] == f"taskprune stage {name}" for name, spec in stages.items())
+
+
+def test_readme_methods_table_is_the_registry():
+    from taskprune.methods.registry import describe
+
+    rows = describe()
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(f"`{v}`" if k == "method" else v.replace("|", "\\|") for k, v in row.items()) + " |"
+              for row in rows]
+    assert "\n".join(lines) in (REPO / "README.md").read_text()
