@@ -101,7 +101,7 @@ def methods() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from taskprune.methods.registry import describe
+    from taskprune.methods.catalogue import describe
 
     rows = describe()
     table = Table(title="compression methods (prune.method)")

@@ -15,7 +15,8 @@ from taskprune.scaffold import PROJECT_FILES
 env.apply()
 
 REPO = Path(__file__).resolve().parents[1]
-ARCHITECTURES = ("llama", "qwen2", "mistral", "gpt2", "opt")
+ARCHITECTURES = ("llama", "qwen2", "mistral", "gpt2", "opt", "gemma3")
+BOS_ARCHITECTURES = ("gemma3",)  # their tokenizer starts every text with BOS, as Gemma's does
 
 
 def corpus() -> list[str]:
@@ -55,6 +56,15 @@ def tiny_config(arch: str, vocab: int):
         cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig}[arch]
         return cls(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, **common)
+    if arch == "gemma3":  # sliding-window and full attention layers, each with its own rotary table and mask
+        return tf.Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                                   num_key_value_heads=2, head_dim=16, sliding_window=8, max_position_embeddings=512,
+                                   layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                                   tie_word_embeddings=True, **common)
+    if arch == "qwen2-sliding":  # Qwen2 with sliding-window layers after the first
+        return tf.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                              num_key_value_heads=2, max_position_embeddings=512, use_sliding_window=True,
+                              sliding_window=8, max_window_layers=1, tie_word_embeddings=True, **common)
     if arch == "gpt2":
         return tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=512, **common)
     if arch == "opt":
@@ -68,6 +78,12 @@ def make_tiny_model(arch: str, tokenizer_dir: Path, out: Path, seed: int = 0) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if arch in BOS_ARCHITECTURES:
+        from tokenizers import processors
+
+        bos = tokenizer.bos_token
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, tokenizer.bos_token_id)])
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(arch, len(tokenizer)))
     model.save_pretrained(out)

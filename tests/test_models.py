@@ -73,7 +73,7 @@ def test_masks_applied_exactly(tiny_model_dir):
 
 
 def test_unknown_architecture_is_a_clear_error():
-    with pytest.raises(TaskPruneError, match="unknown architecture 'mamba'.*supported: gpt2, llama"):
+    with pytest.raises(TaskPruneError, match="unknown architecture 'mamba'.*supported: gemma, gemma2, gemma3_text, gpt2, llama"):
         architecture_for("mamba")
 
 

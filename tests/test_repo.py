@@ -44,7 +44,7 @@ def test_dvc_yaml_is_the_pipeline_table():
 
 
 def test_readme_methods_table_is_the_registry():
-    from taskprune.methods.registry import describe
+    from taskprune.methods.catalogue import describe
 
     rows = describe()
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]

@@ -59,23 +59,51 @@ def _non_layer_modules(model: nn.Module, layers: nn.ModuleList) -> list[nn.Modul
             if id(m) not in layer_ids and not any(True for _ in m.children())]
 
 
+class _Recorder(nn.Module):
+    """Stands in for a decoder layer while the inputs are captured: records the (args, kwargs) the model's own
+    forward gives that layer (its rotary table and mask: layer types differ, as in Gemma-3's sliding and full
+    attention layers) and passes the hidden states on untouched, computing nothing."""
+
+    def __init__(self, layer: nn.Module, store: list, first: bool, last: bool):
+        super().__init__()
+        self.layer, self.store, self.first, self.last = layer, store, first, last
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:  # the model may read the layer's attributes (an attention type)
+            return getattr(super().__getattr__("layer"), name)
+
+    def forward(self, *args, **kwargs):
+        hidden = _hidden_of(args, kwargs)
+        kept = (tuple(a.to("cpu") if torch.is_tensor(a) else a for a in args), kwargs) if self.first else \
+            _with_hidden(args, kwargs, None)  # later layers' hidden states come from the walk, not from here
+        self.store.append(kept)
+        if self.last:
+            raise _Captured
+        return hidden
+
+
 def capture_layer_inputs(model: nn.Module, arch: Architecture, input_ids: torch.Tensor,
-                         batch_size: int, device: str) -> list[tuple[tuple, dict]]:
-    """Run the model up to decoder layer 0 for each batch; return that layer's (args, kwargs)."""
+                         batch_size: int, device: str) -> list[list[tuple[tuple, dict]]]:
+    """For each decoder layer, the (args, kwargs) the model's forward gives it, per batch: layer 0's with its
+    hidden states, the others' with their own keyword inputs (rotary table, mask) and the hidden states left
+    for the walk to fill in. The decoder layers themselves do not run."""
     layers = arch.layers(model)
-    captured: list[tuple[tuple, dict]] = []
-
-    def grab(_module, args, kwargs):
-        captured.append((tuple(a.to("cpu") if torch.is_tensor(a) else a for a in args), kwargs))
-        raise _Captured
-
-    with _onloaded(_non_layer_modules(model, layers), device), hooks_removed_on_exit() as handles:
-        handles.append(layers[0].register_forward_pre_hook(grab, with_kwargs=True))
-        for start in range(0, input_ids.shape[0], batch_size):
-            try:
-                model(input_ids[start:start + batch_size].to(device), use_cache=False)
-            except _Captured:
-                pass
+    captured: list[list[tuple[tuple, dict]]] = [[] for _ in layers]
+    originals = list(layers)
+    with _onloaded(_non_layer_modules(model, layers), device):
+        try:
+            for index, layer in enumerate(originals):
+                layers[index] = _Recorder(layer, captured[index], first=index == 0, last=index == len(originals) - 1)
+            for start in range(0, input_ids.shape[0], batch_size):
+                try:
+                    model(input_ids[start:start + batch_size].to(device), use_cache=False)
+                except _Captured:
+                    pass
+        finally:
+            for index, layer in enumerate(originals):
+                layers[index] = layer
     return captured
 
 
@@ -117,12 +145,13 @@ class LayerPass:
     def changed(self) -> None:
         self.outputs.clear()
 
-    def next_inputs(self) -> dict[str, list]:
+    def next_inputs(self, captured: dict[str, list]) -> dict[str, list]:
+        """The next layer's inputs: its own captured (args, kwargs) with this layer's outputs as hidden states."""
         for side in self.inputs:
             if side not in self.outputs:
                 self.run(side)
         return {side: [_with_hidden(args, kwargs, hidden) for (args, kwargs), hidden
-                       in zip(self.inputs[side], self.outputs[side])] for side in self.inputs}
+                       in zip(captured[side], self.outputs[side])] for side in self.inputs}
 
 
 @torch.no_grad()
@@ -130,14 +159,17 @@ def sequential_layers(model: nn.Module, arch: Architecture, blocks: dict[str, to
                       device: str, desc: str) -> Iterator[LayerPass]:
     """Yield each decoder layer, on the device, with the inputs it gets from the layers before it.
 
-    The model runs once up to layer 0 per side; from then on each layer runs on the
-    previous layer's outputs (after any changes the caller made to that layer).
+    The model's forward runs once per side with the decoder layers stood in for, to capture every
+    layer's own keyword inputs; from then on each layer runs on the previous layer's outputs (after
+    any changes the caller made to that layer) and its own keyword inputs.
     """
     layers = arch.layers(model)
-    inputs = {side: capture_layer_inputs(model, arch, ids, batch_size, device) for side, ids in blocks.items()}
+    captured = {side: capture_layer_inputs(model, arch, ids, batch_size, device) for side, ids in blocks.items()}
+    inputs = {side: per_layer[0] for side, per_layer in captured.items()}
     for index, layer in enumerate(tqdm(layers, desc=desc, unit="layer")):
         with _onloaded([layer], device):
             step = LayerPass(index, layer, inputs, device)
             yield step
-            inputs = step.next_inputs()
+            if index + 1 < len(layers):
+                inputs = step.next_inputs({side: per_layer[index + 1] for side, per_layer in captured.items()})
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 import torch
 
 from taskprune.data.schema import Example
+from taskprune.data.tokens import text_prefix
 
 
 def encode(tokenizer, examples: list[Example], max_len: int) -> list[tuple[list[int], list[int]]]:
-    """(input ids, labels) per example: labels are -100 on the query, the answer's ids on the answer."""
+    """(input ids, labels) per example: the tokenizer's text prefix (BOS) and the query, labelled -100, then the
+    answer's ids. Long rows lose their start, never the answer."""
+    prefix = text_prefix(tokenizer)
     encoded = []
     for ex in examples:
-        query = tokenizer(ex.query, add_special_tokens=False)["input_ids"]
+        query = prefix + tokenizer(ex.query, add_special_tokens=False)["input_ids"]
         answer = tokenizer(" " + ex.choices[ex.gold], add_special_tokens=False)["input_ids"]
         ids = (query + answer)[-max_len:]
         labels = ([-100] * len(query) + answer)[-max_len:]

@@ -9,18 +9,20 @@ import math
 import torch
 import torch.nn.functional as F
 
-from taskprune.data.tokens import token_blocks
+from taskprune.data.tokens import text_prefix, token_blocks
 
 
 @torch.no_grad()
 def perplexity(model, tokenizer, texts: list[str], seq_len: int, batch_size: int, device: str) -> dict:
-    """Token-level perplexity over ``texts`` cut into blocks of ``seq_len`` (every block scored in full)."""
+    """Token-level perplexity over ``texts`` cut into blocks of ``seq_len``: every text token of a block is
+    scored (the tokenizer's BOS that starts each block is an input, never a target)."""
     blocks = token_blocks(tokenizer, texts, seq_len, max_blocks=1_000_000)
+    first = max(len(text_prefix(tokenizer)), 1)  # the first scored position
     nll, count = 0.0, 0
     for start in range(0, len(blocks), batch_size):
         batch = blocks[start:start + batch_size].to(device)
-        logits = model(batch, use_cache=False).logits[:, :-1].float()
-        targets = batch[:, 1:]
+        logits = model(batch, use_cache=False).logits[:, first - 1:-1].float()
+        targets = batch[:, first:]
         nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
         count += targets.numel()
     return {"perplexity": math.exp(nll / count), "perplexity_tokens": count}

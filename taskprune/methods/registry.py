@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 from taskprune.methods.base import Method
 
 PLUGINS_ENV = "TASKPRUNE_PLUGINS"
-_NOT_METHODS = {"base", "registry", "masking"}  # modules of this package that define no method
+_NOT_METHODS = {"base", "registry", "masking", "catalogue"}  # modules of this package that define no method
 _METHODS: dict[str, Method] = {}
 _loaded: set[str] = set()
 
@@ -65,16 +65,3 @@ def method_module(name: str) -> str:
     """The module that defines method ``name`` (its code is part of what a stage depends on)."""
     return type(get_method(name)).__module__
 
-
-def describe() -> list[dict[str, str]]:
-    """One row per method, at its default settings: what `taskprune methods` prints and the README lists."""
-    from taskprune.config import PruneConfig
-
-    rows = []
-    for name in method_names():
-        method, cfg = get_method(name), PruneConfig(method=name)
-        plan = method.plan(cfg)
-        rows.append({"method": name, "what it does": method.summary,
-                     "statistics": ", ".join(plan.statistics) or "none",
-                     "search levels": plan.levels or "-", "result": plan.export})
-    return rows

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from taskprune.errors import TaskPruneError
 from taskprune.models.architectures.base import Architecture
+from taskprune.models.architectures.gemma import GemmaArchitecture
 from taskprune.models.architectures.gpt2 import GPT2Architecture
 from taskprune.models.architectures.llama import LlamaArchitecture
 from taskprune.models.architectures.opt import OPTArchitecture
 
 ARCHITECTURES: dict[str, type[Architecture]] = {
-    model_type: cls for cls in (LlamaArchitecture, GPT2Architecture, OPTArchitecture) for model_type in cls.model_types
+    model_type: cls for cls in (LlamaArchitecture, GemmaArchitecture, GPT2Architecture, OPTArchitecture) for model_type in cls.model_types
 }
 
 
