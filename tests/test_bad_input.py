@@ -54,6 +54,19 @@ def model_dir(files: dict[str, bytes]):
     return setup
 
 
+def gguf_file(architecture: str | None):
+    """A GGUF file whose header names ``architecture`` (None: not a GGUF file at all)."""
+    import struct
+
+    def setup(project: Path) -> list[str]:
+        key, value = b"general.architecture", architecture.encode() if architecture else b""
+        data = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key + struct.pack("<I", 8)
+                + struct.pack("<Q", len(value)) + value) if architecture else b"not a gguf file"
+        (project / "m.gguf").write_bytes(data)
+        return ["model.name=m.gguf"]
+    return setup
+
+
 def overrides(*items: str):
     return lambda project: list(items)
 
@@ -86,6 +99,8 @@ CASES = {
     "task: S3 access denied": (overrides("task.path=s3://tasks/forbidden.jsonl"),
                                r"s3://tasks/forbidden\.jsonl: cannot read S3 object: access denied"),
     "task: unknown built-in task": (overrides("task.name=capitals"), r"capitals.*(capital|sentiment)"),
+    "task: too few rows to split": (task_file(jsonl(GOOD)),
+                                    r"data/task\.jsonl: task has 1 examples: too few to split .*calib_fraction"),
     # params
     "params: unknown key (typo) in an override": (overrides("prune.sparsty=0.5"), r"prune\.sparsty: unknown parameter"),
     "params: unknown key (typo) in params.yaml": (params_file("\nrecovr:\n  steps: 3\n"),
@@ -112,6 +127,11 @@ CASES = {
     "model: directory without a config": (model_dir({"model.safetensors": b""}), r"my-model: no config\.json"),
     "model: directory without weights": (model_dir({"config.json": LLAMA_CONFIG}), r"my-model: no \*\.safetensors"),
     "model: path that does not exist": (overrides("model.name=./models/none"), r"model\.name: directory .*models/none not found"),
+    "model: directory without a tokenizer": (model_dir({"config.json": LLAMA_CONFIG, "model.safetensors": b""}),
+                                             r"model\.name 'my-model': no tokenizer"),
+    "model: GGUF of an unknown architecture": (gguf_file("mamba"),
+                                               r"model\.name 'm\.gguf'.*unknown architecture 'mamba'"),
+    "model: a .gguf file that is not GGUF": (gguf_file(None), r"m\.gguf: not a GGUF file"),
 }
 
 

@@ -17,7 +17,10 @@ import torch
 from taskprune.errors import TaskPruneError
 from taskprune.models.architectures import Architecture, architecture_for
 from taskprune.models.formats import FORMATS, format_of
+from taskprune.models.packaged import PACKAGED, packaged_gguf
 from taskprune.sources import file_from_wheel
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,13 @@ class ModelSource:
     kind: str  # "pip-gguf" | "gguf" | "dir" | "hub"
     location: str  # directory or hub id
     gguf_file: str | None = None
+    name: str = ""  # model.name as the user wrote it (messages name it)
+
+    @property
+    def where(self) -> str:
+        shown = self.name or self.location
+        return f"model.name {shown!r}" + (f" ({Path(self.location, self.gguf_file)})"
+                                           if self.gguf_file and shown != self.gguf_file else "")
 
     @property
     def cacheable(self) -> bool:
@@ -33,17 +43,20 @@ class ModelSource:
 
 def resolve_source(name: str, project_root: Path, downloads: Path) -> ModelSource:
     """Work out what ``model.name`` refers to (downloading a wheel if it names one)."""
+    if name in PACKAGED:
+        gguf = packaged_gguf(name, downloads)
+        return ModelSource("pip-gguf", str(gguf.parent), gguf.name, name)
     if name.startswith("pip:"):
         gguf = file_from_wheel(name, downloads)
-        return ModelSource("pip-gguf", str(gguf.parent), gguf.name)
+        return ModelSource("pip-gguf", str(gguf.parent), gguf.name, name)
     if name.endswith(".gguf"):
         path = Path(name).expanduser()
         path = path if path.is_absolute() else project_root / path
         if not path.is_file():
             raise TaskPruneError(f"model.name: GGUF file {path} not found")
-        return ModelSource("gguf", str(path.parent), path.name)
+        return ModelSource("gguf", str(path.parent), path.name, name)
     local = local_model_dir(name, project_root)
-    return ModelSource("dir", str(local)) if local else ModelSource("hub", name)
+    return ModelSource("dir", str(local), name=name) if local else ModelSource("hub", name, name=name)
 
 
 def local_model_dir(name: str, project_root: Path) -> Path | None:
@@ -80,21 +93,79 @@ def _check_architecture(config, where: str) -> Architecture:
     return architecture_for(getattr(config, "model_type", "unknown"), where)
 
 
-def load_source(source: ModelSource, revision: str | None = None, device: str = "cpu"):
-    """Load model and tokenizer in float32 from a resolved source."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
+def _source_kwargs(source: ModelSource, revision: str | None) -> dict:
     kwargs = {"trust_remote_code": False}
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
     else:
         kwargs["revision"] = revision
+    return kwargs
+
+
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # value type -> bytes
+GGUF_MODEL_TYPES = {"gemma3": "gemma3_text"}  # GGUF architecture -> transformers model_type, where they differ
+
+
+def gguf_architecture(path: Path) -> str:
+    """``general.architecture`` from a GGUF file's header (read up to that key, without parsing the tensors)."""
+    import struct
+
+    def read(fh, fmt):
+        return struct.unpack("<" + fmt, fh.read(struct.calcsize(fmt)))[0]
+
+    def skip(fh, kind):
+        if kind == 8:
+            fh.seek(read(fh, "Q"), 1)
+        elif kind == 9:
+            inner, count = read(fh, "I"), read(fh, "Q")
+            for _ in range(count):
+                skip(fh, inner)
+        else:
+            fh.seek(_GGUF_SIZES[kind], 1)
+
+    with path.open("rb") as fh:
+        if fh.read(4) != b"GGUF" or read(fh, "I") < 2:
+            raise TaskPruneError(f"{path}: not a GGUF file (version 2 or later)")
+        read(fh, "Q")
+        for _ in range(read(fh, "Q")):
+            key = fh.read(read(fh, "Q")).decode("utf-8", "replace")
+            kind = read(fh, "I")
+            if key == "general.architecture" and kind == 8:
+                return fh.read(read(fh, "Q")).decode("utf-8")
+            skip(fh, kind)
+    raise TaskPruneError(f"{path}: GGUF file without general.architecture")
+
+
+def check_source(source: ModelSource, revision: str | None = None) -> None:
+    """What can be known of a model before loading its weights: a supported architecture (from a GGUF file's
+    header, a directory's or the hub's config), a tokenizer. Raises one message naming what the user wrote."""
+    if source.gguf_file:
+        arch = gguf_architecture(Path(source.location, source.gguf_file))
+        architecture_for(GGUF_MODEL_TYPES.get(arch, arch), source.where)
+        return
+    from transformers import AutoConfig
+
+    kwargs = _source_kwargs(source, revision)
     try:
         config = AutoConfig.from_pretrained(source.location, **kwargs)
-    except OSError as exc:
-        raise TaskPruneError(f"model.name {source.location!r}: cannot load config ({exc}). "
-                             "Offline, give a local directory; with network, export HF_HUB_OFFLINE=0.") from None
-    _check_architecture(config, f"model.name {source.location!r}")
+    except (OSError, ValueError) as exc:
+        hint = " Offline, give a local directory; with network, export HF_HUB_OFFLINE=0." \
+            if source.kind == "hub" else ""
+        raise TaskPruneError(f"{source.where}: cannot read its config ({str(exc).splitlines()[0][:300]}).{hint}") \
+            from None
+    _check_architecture(config, source.where)
+    if source.kind == "dir" and not any((Path(source.location) / f).is_file() for f in TOKENIZER_FILES):
+        raise TaskPruneError(f"{source.where}: no tokenizer ({', '.join(TOKENIZER_FILES)}) in {source.location}")
+
+
+def load_source(source: ModelSource, revision: str | None = None, device: str = "cpu"):
+    """Load model and tokenizer in float32 from a resolved source."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = _source_kwargs(source, revision)
+    check_source(source, revision)
+    config = AutoConfig.from_pretrained(source.location, **kwargs)
+    _check_architecture(config, source.where)
     model_kwargs = dict(kwargs, dtype=torch.float32)
     if not source.gguf_file:
         model_kwargs["use_safetensors"] = True
