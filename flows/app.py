@@ -25,6 +25,7 @@ ORCHESTRATED = {"search": "flows.ray_search:search_through_prefect"}
 @app.command()
 def run(
     overrides: Annotated[list[str], typer.Option("-S", "--set", help="Override a params.yaml key, e.g. -S prune.sparsity=0.6 (written to params.yaml, like dvc exp run -S)")] = [],  # noqa: B006
+    service_check: Annotated[bool, typer.Option(help="Check first that MLflow, S3, Ray and Prefect servers answer")] = True,
 ) -> None:
     """Run the whole pipeline as a Prefect flow; finished, unchanged stages are skipped."""
     from flows.pipeline_flow import pipeline
@@ -33,9 +34,9 @@ def run(
     install_log_filter()  # Prefect's handlers exist now
 
     project = Project.find()
-    preflight(project, list(overrides))  # fail on bad input in seconds, before Prefect starts
+    preflight(project, list(overrides), services=service_check)  # bad input fails in seconds, before Prefect starts
     started = time.perf_counter()
-    result = pipeline(str(project.root), list(overrides))
+    result = pipeline(str(project.root), list(overrides), check_services=False)  # checked just now
     print_results(result["metrics"], compression_of(project))
     ran = [s for s, state in result["stages"].items() if state == "ran"]
     print(f"this invocation: {time.perf_counter() - started:.0f} s; stages run: {', '.join(ran) or 'none (all up to date)'}")

@@ -56,18 +56,20 @@ def record_run(project_root: str, entry: dict) -> None:
 
 
 @flow(name="taskprune-recurring")
-def recurring(project_root: str = "runs/default", settings: dict | None = None, promote: bool = True) -> dict:
+def recurring(project_root: str = "runs/default", settings: dict | None = None, promote: bool = True,
+              check_services: bool = True) -> dict:
     """Re-prune ``project_root`` with ``settings`` (params.yaml keys) if anything changed; promote by the rule."""
     install_log_filter()
     root = ensure_project(project_root)
     project = Project(Path(root))
     env.apply(project.state)
     with run_lock(project):
-        return _recur(root, settings, promote)
+        return _recur(root, settings, promote, check_services)
 
 
-def _recur(root: str, settings: dict | None, promote: bool) -> dict:
-    validate_inputs(root, as_overrides(settings))  # writes the settings into params.yaml
+def _recur(root: str, settings: dict | None, promote: bool, check_services: bool) -> dict:
+    # writes the settings into params.yaml; check_services false: a deployment whose MLflow comes up later
+    validate_inputs(root, as_overrides(settings), check_services)
     changed = pipeline_changes(root)
     entry = {"at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "changed": changed}
     if not changed:
@@ -75,7 +77,7 @@ def _recur(root: str, settings: dict | None, promote: bool) -> dict:
         print(f"recurring: nothing changed in {root} (dvc status is clean, the task file is the same)")
         record_run(root, entry)
         return entry
-    result = pipeline(root, [], promote=promote)
+    result = pipeline(root, [], promote=promote, check_services=False)
     metrics = result["metrics"]
     entry.update(outcome="re-pruned", promotion=result["promotion"],
                  stages=[s for s, state in result["stages"].items() if state == "ran"],

@@ -29,11 +29,11 @@ def dvc_environment() -> dict[str, str]:
 
 
 @task(name="validate-inputs")
-def validate_inputs(project_root: str, overrides: list[str]) -> None:
-    """Check params, task rows and a local model before anything runs; only then write the
-    overrides into params.yaml (as `dvc exp run -S` does)."""
+def validate_inputs(project_root: str, overrides: list[str], services: bool = True) -> None:
+    """Check params, task rows, the model and (``services``) the servers before anything runs; only then
+    write the overrides into params.yaml (as `dvc exp run -S` does)."""
     project = Project(Path(project_root))
-    preflight(project, overrides)
+    preflight(project, overrides, services)
     config.write_overrides(project.params_file, overrides)
 
 
@@ -80,7 +80,7 @@ def pipeline_changes(project_root: str) -> list[str]:
     return changed
 
 
-@task(name="promote", retries=2, retry_delay_seconds=10)
+@task(name="promote")  # MLflow's client retries (taskprune/retries.py); no second layer here
 def promote_challenger(project_root: str, apply: bool | None = None) -> str | None:
     """Apply the promotion rule to the newest challenger when ``apply`` (default: params.yaml
     `promote.auto`); returns the decision as a line."""

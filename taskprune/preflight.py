@@ -9,13 +9,17 @@ from taskprune.data.task import load_task
 from taskprune.errors import TaskPruneError
 from taskprune.models.loading import check_source, resolve_source
 from taskprune.paths import Project
+from taskprune.services import check_services
 
 
-def preflight(project: Project, overrides: list[str]) -> Params:
+def preflight(project: Project, overrides: list[str], services: bool = True) -> Params:
     """Validate params (with overrides), every task row and the splits they make, and the model: the file or
     directory exists, its architecture is supported, it has a tokenizer (a packaged model is downloaded here,
-    once, a hub id's config fetched) - before anything starts or is written."""
+    once, a hub id's config fetched) - and, with ``services``, that every service the run needs answers;
+    all before anything starts or is written."""
     params = config.load(project.params_file, overrides)
+    if services:
+        check_services(params, project)  # a second or two each: before reading a task file from S3
     examples = load_task(params, project)
     try:
         split(examples, params.task.calib_fraction, params.task.seed)

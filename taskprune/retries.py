@@ -1,10 +1,17 @@
-"""Say on stderr when a network call is being retried.
+"""The one retry policy for network calls, and saying on stderr when a call is being retried.
 
-MLflow's HTTP client (urllib3) and boto3 (botocore's standard mode) retry failed requests
-with exponential backoff, silently: with MLflow's defaults an unreachable server means minutes
-of waiting with no output. ``show_retries`` turns their retry records into one short line
-each, redacted like every other log line:
+Exactly one layer retries a call: the client that makes it. MLflow's HTTP client (urllib3) retries
+``MLFLOW_RETRIES`` times with exponential backoff (factor ``MLFLOW_BACKOFF``, each request at most
+``MLFLOW_TIMEOUT`` s); boto3 retries in botocore's standard mode (3 attempts). Prefect does not retry
+the stages on top of them (flows/pipeline_flow.py), so the total wait is bounded and stated: the
+first retry of MLflow says for how long it will go on. The values are defaults: the user's
+``MLFLOW_HTTP_REQUEST_*`` variables win. Services that do not answer at all are found before a run
+starts (taskprune/services.py).
 
+``show_retries`` turns the clients' retry records into one short line each, redacted like every
+other log line:
+
+    MLflow unreachable: retrying for up to 2.1 min (6 retries), then the stage fails
     retrying: /api/2.0/mlflow/runs/create failed (NewConnectionError); 5 retries left
     retrying: S3 request failed; next attempt in 0.6 s
 """
@@ -12,9 +19,14 @@ each, redacted like every other log line:
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from taskprune.secrets import RedactingFilter
+
+MLFLOW_RETRIES = 6
+MLFLOW_BACKOFF = 2         # seconds (an integer, as MLflow reads it); the n-th retry waits BACKOFF * 2**(n-1), at most 120 s
+MLFLOW_TIMEOUT = 30        # seconds for one request
 
 _HTTP = "urllib3.connectionpool"  # MLflow (requests) logs "Retrying (...)" here at WARNING
 _S3 = "botocore.retries.standard"  # boto3's standard retry mode, at DEBUG
@@ -28,7 +40,10 @@ class _RetryLine(logging.Filter):
         message = record.msg if isinstance(record.msg, str) else ""
         if record.name == _HTTP and message.startswith("Retrying (") and len(record.args or ()) == 3:
             retry, error, url = record.args
-            record.msg = f"retrying: {url} failed ({type(error).__name__}); {getattr(retry, 'total', '?')} retries left"
+            left = getattr(retry, "total", None)
+            record.msg = f"retrying: {url} failed ({type(error).__name__}); {left} retries left"
+            if isinstance(left, int) and left + 1 == mlflow_retries():  # the first retry: say how long at most
+                record.msg = f"MLflow unreachable: {retry_budget()}\n{record.msg}"
         elif record.name == _S3 and message.startswith("Retry needed, retrying request after delay of"):
             record.msg = f"retrying: S3 request failed; next attempt in {float(record.args[0]):.1f} s"
         else:
@@ -51,9 +66,31 @@ class _Stderr(logging.StreamHandler):
 _handler: logging.Handler | None = None
 
 
+def apply_policy() -> None:
+    """The policy's defaults for MLflow's client, unless the user set them."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(MLFLOW_RETRIES))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(MLFLOW_BACKOFF))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(MLFLOW_TIMEOUT))
+
+
+def mlflow_retries() -> int:
+    return int(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", MLFLOW_RETRIES))
+
+
+def retry_budget() -> str:
+    """How long MLflow's retries of one call wait at most, in words (backoff only; each request may also
+    take up to the request timeout)."""
+    factor = int(os.environ.get("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", MLFLOW_BACKOFF))
+    retries = mlflow_retries()
+    seconds = sum(min(factor * 2 ** n, 120.0) for n in range(retries))
+    shown = f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    return f"retrying for up to {shown} ({retries} retries), then the stage fails"
+
+
 def show_retries() -> None:
-    """Print the retries of MLflow's and boto3's clients on stderr (idempotent)."""
+    """Apply the retry policy and print the retries of MLflow's and boto3's clients on stderr (idempotent)."""
     global _handler
+    apply_policy()
     if _handler is not None:
         return
     _handler = _Stderr()
