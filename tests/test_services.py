@@ -124,3 +124,28 @@ def test_one_retry_layer_with_a_stated_bound(tmp_path, monkeypatch, capsys, tiny
     assert err.count("MLflow unreachable: retrying for up to 7 s (3 retries), then the stage fails") == 1, err
     assert err.count("retrying: /api/2.0/mlflow/") == 3
     assert run_stage.retries == 0 and promote_challenger.retries == 0  # Prefect adds no second layer
+
+
+def test_no_service_check_lets_a_run_start_whose_server_comes_up_later(project, monkeypatch, capsys):
+    """`taskprune run --no-service-check` (a scheduled run whose MLflow starts after it) goes past the check to
+    the pipeline; the recurring flow passes its `check_services` parameter the same way."""
+    import inspect
+
+    import flows.pipeline_flow
+    import flows.recurring
+    from flows.app import app
+    from taskprune.cli import main
+
+    started = {}
+
+    def pipeline(root, overrides, check_services=True):  # stands in for the Prefect flow (unit test)
+        started.update(root=root, overrides=overrides, check_services=check_services)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(flows.pipeline_flow, "pipeline", pipeline)
+    monkeypatch.chdir(project)
+    with pytest.raises(SystemExit) as exit_:
+        main(app, ["run", "--no-service-check", "-S", f"tracking.uri=http://127.0.0.1:{free_port()}"])
+    assert exit_.value.code == 0, capsys.readouterr().err
+    assert started["check_services"] is False  # the flow does not check again either
+    assert inspect.signature(flows.recurring.recurring.fn).parameters["check_services"].default is True
