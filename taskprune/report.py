@@ -49,7 +49,8 @@ def results_table(metrics: dict, compression: str = "") -> Table:
     for label, key, fmt in ROWS:
         table.add_row(label, *(cell(side, key, fmt) for _, side in sides))
     seconds = metrics.get("stage_seconds", {})
-    table.caption = ("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+    table.caption = ("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(seconds.items(),
+                                                                                   key=lambda kv: order(kv[0])))
                      + f"; total {metrics.get('run_seconds', 0):.0f} s")
     if search.get("generations"):
         table.caption += (f"\nsearch ({search['kind']}, {search['objective']}): {search['generations']} generations, "
