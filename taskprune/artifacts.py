@@ -6,8 +6,6 @@ The stages hand an ``Artifacts`` to the method; the method takes what its plan n
 
 from __future__ import annotations
 
-from functools import cached_property
-
 from taskprune.paths import Project, read_json
 
 
@@ -17,10 +15,6 @@ class Artifacts:
 
     def stats(self):
         """Both calibration sides' square sums (``SideStats`` per side)."""
-        return self._stats
-
-    @cached_property
-    def _stats(self):
         from taskprune.calibration import load_stats
 
         return load_stats(self.project.stats)

@@ -42,7 +42,8 @@ class Stage:
     orchestrated_when: Callable[[Params], bool] | None = None
 
 
-def _ray_search(params: Params) -> bool:
+def ray_search(params: Params) -> bool:
+    """The search runs its fitness on Ray (through Prefect's Ray task runner)."""
     return bool(params.search.ray_address) and params.prune.allocation == "search"
 
 
@@ -70,7 +71,7 @@ STAGES: tuple[Stage, ...] = (
           "per-matrix levels by a genetic search (prune.allocation: search, or a method that always allocates); "
           "otherwise a stage.json saying it is off",
           deps=("dense_model", "data", "stats", "masks", "updates"), params=("prune", "search", "recover.max_len"),
-          outs=(Out("search"),), method_code="module", orchestrated_when=_ray_search),
+          outs=(Out("search"),), method_code="module", orchestrated_when=ray_search),
     Stage("prune", "taskprune.stages.prune:run", "the pruned model, saved in the method's export format",
           deps=("dense_model", "masks", "updates", "search"), outs=(Out("pruned_model", cache=False),),
           method_code="module"),

@@ -29,6 +29,12 @@ def value_of(side: dict, key: str):
     return side.get(key)
 
 
+def cell(side: dict, key: str, fmt: str) -> str:
+    """One table cell, in the terminal and in the HTML report alike."""
+    value = value_of(side, key)
+    return "n/a" if value is None else fmt.format(value)
+
+
 def results_table(metrics: dict, compression: str = "") -> Table:
     """``compression``: how the method describes its result in a line (the pruned model's stage.json)."""
     dense, pruned = metrics["dense"], metrics["pruned"]
@@ -41,10 +47,6 @@ def results_table(metrics: dict, compression: str = "") -> Table:
     table.add_column("metric")
     for name, _ in sides:
         table.add_column(name, justify="right")
-
-    def cell(side: dict, key: str, fmt: str) -> str:
-        value = value_of(side, key)
-        return "n/a" if value is None else fmt.format(value)
 
     for label, key, fmt in ROWS:
         table.add_row(label, *(cell(side, key, fmt) for _, side in sides))
@@ -128,8 +130,7 @@ def html_report(metrics: dict, per_matrix: dict, run_name: str, *, compression: 
     sides = [("dense", metrics["dense"]), ("pruned", metrics["pruned"])]
     if "recovered" in metrics:
         sides.append(("pruned + LoRA", metrics["recovered"]))
-    rows = [(label, ["n/a" if value_of(side, key) is None else fmt.format(value_of(side, key)) for _, side in sides])
-            for label, key, fmt in ROWS]
+    rows = [(label, [cell(side, key, fmt) for _, side in sides]) for label, key, fmt in ROWS]
     caption = results_table(metrics, compression).caption or ""
     notes = [line for line in caption.splitlines()[1:] if line]  # search and recovery lines
     subtitle = f"method {metrics['method']}, task {metrics['task']}; report written " \

@@ -17,7 +17,9 @@ from urllib.parse import urlparse
 from taskprune.config import Params
 from taskprune.errors import TaskPruneError
 from taskprune.paths import Project
+from taskprune.pipeline import ray_search
 from taskprune.secrets import redact
+from taskprune.sources import S3_REASONS, s3_client
 
 CONNECT_SECONDS = 3.0
 
@@ -62,15 +64,6 @@ def check_mlflow(uri: str) -> Problem | None:
     return None
 
 
-def _fast_s3(endpoint: str | None = None, **credentials):
-    import boto3
-    from botocore.config import Config
-
-    config = Config(connect_timeout=CONNECT_SECONDS, read_timeout=CONNECT_SECONDS, s3={"addressing_style": "path"},
-                    retries={"total_max_attempts": 1})
-    return boto3.client("s3", endpoint_url=endpoint, config=config, **credentials)
-
-
 def check_bucket(parameter: str, location: str, endpoint: str | None = None, **credentials) -> Problem | None:
     """The bucket of ``location`` (s3://bucket/...) exists and answers, on ``endpoint`` (else the AWS default)."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -78,11 +71,11 @@ def check_bucket(parameter: str, location: str, endpoint: str | None = None, **c
     bucket = urlparse(location).netloc
     shown = f"{location} at {endpoint or os.environ.get('AWS_ENDPOINT_URL_S3') or os.environ.get('AWS_ENDPOINT_URL') or 'AWS'}"
     try:
-        _fast_s3(endpoint, **credentials).head_bucket(Bucket=bucket)
+        s3_client(endpoint, probe_seconds=CONNECT_SECONDS, **credentials).head_bucket(Bucket=bucket)
     except ClientError as exc:
         code = str(exc.response.get("Error", {}).get("Code", ""))
-        cause = {"404": "bucket does not exist", "NoSuchBucket": "bucket does not exist",
-                 "403": "access denied (check the AWS credentials)"}.get(code, f"S3 error {code}")
+        # a bucket answers HEAD with a bare 404 when it does not exist
+        cause = "bucket does not exist" if code == "404" else S3_REASONS.get(code, f"S3 error {code}")
         return Problem(parameter, shown, cause)
     except (BotoCoreError, OSError) as exc:
         return Problem(parameter, shown, _short(exc))
@@ -126,9 +119,8 @@ def check_services(params: Params, project: Project) -> None:
                                                              ("aws_secret_access_key", "secret_access_key"))
                        if settings.get(name)}
         problems.append(check_bucket("DVC remote (.dvc/config)", url, settings.get("endpointurl"), **credentials))
-    ray = params.search.ray_address
-    if ray and params.prune.allocation == "search" and ray.startswith("ray://"):
-        problems.append(check_tcp("search.ray_address", ray))
+    if ray_search(params) and params.search.ray_address.startswith("ray://"):  # 'local' and 'auto' start or find one here
+        problems.append(check_tcp("search.ray_address", params.search.ray_address))
     api = os.environ.get("PREFECT_API_URL")
     if api:
         problems.append(check_http("PREFECT_API_URL", api.rstrip("/") + "/health"))

@@ -24,13 +24,26 @@ def split_s3(location: str) -> tuple[str, str]:
     return bucket, key
 
 
-def s3_client():
-    """A boto3 S3 client; endpoint and credentials come from the standard AWS variables
-    (``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, profiles, ...)."""
+def s3_client(endpoint: str | None = None, probe_seconds: float | None = None, **credentials):
+    """A boto3 S3 client; endpoint and credentials come from the arguments, else the standard AWS variables
+    (``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, profiles, ...). Reads retry in
+    botocore's standard mode; ``probe_seconds`` makes a reachability probe instead: one attempt, short timeouts."""
     import boto3
     from botocore.config import Config
 
-    return boto3.client("s3", config=Config(s3={"addressing_style": "path"}, retries={"mode": "standard"}))
+    retries = {"mode": "standard"} if probe_seconds is None else {"total_max_attempts": 1}
+    timeouts = {} if probe_seconds is None else {"connect_timeout": probe_seconds, "read_timeout": probe_seconds}
+    return boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}, retries=retries,
+                                                                   **timeouts), **credentials)
+
+
+S3_REASONS = {  # S3 error codes, in words
+    "NoSuchKey": "object does not exist",
+    "NoSuchBucket": "bucket does not exist",
+    "AccessDenied": "access denied (check the AWS credentials)",
+    "403": "access denied (check the AWS credentials)",
+    "404": "object does not exist",
+}
 
 
 def _s3_error(location: str, exc: Exception) -> TaskPruneError:
@@ -39,13 +52,7 @@ def _s3_error(location: str, exc: Exception) -> TaskPruneError:
     if not isinstance(exc, ClientError):
         return TaskPruneError(f"{location}: cannot reach S3: {type(exc).__name__}")
     code = exc.response.get("Error", {}).get("Code", "error")
-    reason = {
-        "NoSuchKey": "object does not exist",
-        "NoSuchBucket": "bucket does not exist",
-        "AccessDenied": "access denied (check the AWS credentials)",
-        "403": "access denied (check the AWS credentials)",
-        "404": "object does not exist",
-    }.get(code, code)
+    reason = S3_REASONS.get(code, code)
     return TaskPruneError(f"{location}: cannot read S3 object: {reason}")
 
 

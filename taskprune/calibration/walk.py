@@ -1,10 +1,11 @@
 """The layer walk shared by calibration and layer-by-layer pruning.
 
-Sequential onloading: the embedding part of the model runs once to capture the
-inputs of decoder layer 0; then each layer in turn is moved to the device, run
-on its inputs with hooks on its linears, and its outputs become the inputs of
-the next layer. Only one decoder layer (plus the captured hidden states, kept
-on the CPU) is on the device at a time.
+Sequential onloading: the model's forward runs once with every decoder layer stood
+in for by a recorder (nothing computed), capturing layer 0's hidden states and each
+layer's own keyword inputs (rotary table, mask); then each layer in turn is moved to
+the device, run on its inputs with hooks on its linears, and its outputs become the
+hidden states of the next layer. Only one decoder layer (plus the captured hidden
+states, kept on the CPU) is on the device at a time.
 """
 
 from __future__ import annotations

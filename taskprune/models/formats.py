@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from taskprune.lowrank.export import LOWRANK_FILE
+
 
 def _load_checkpoint(path: Path):
     from transformers import AutoModelForCausalLM
@@ -47,7 +49,7 @@ class ModelFormat:
 
 FORMATS = {
     "checkpoint": ModelFormat("checkpoint", None, "transformers", _save_checkpoint, _load_checkpoint),
-    "factorized": ModelFormat("factorized", "lowrank.json", "files", _save_factorized, _load_factorized),
+    "factorized": ModelFormat("factorized", LOWRANK_FILE, "files", _save_factorized, _load_factorized),
 }
 
 

@@ -160,12 +160,10 @@ def check_source(source: ModelSource, revision: str | None = None) -> None:
 
 def load_source(source: ModelSource, revision: str | None = None, device: str = "cpu"):
     """Load model and tokenizer in float32 from a resolved source."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = _source_kwargs(source, revision)
-    check_source(source, revision)
-    config = AutoConfig.from_pretrained(source.location, **kwargs)
-    _check_architecture(config, source.where)
+    check_source(source, revision)  # the architecture, without reading the weights
     model_kwargs = dict(kwargs, dtype=torch.float32)
     if not source.gguf_file:
         model_kwargs["use_safetensors"] = True
