@@ -52,6 +52,10 @@ class Artifacts:
     def mask_info(self) -> dict:
         return read_json(self.project.mask_dir / "masks.json")
 
+    def structure(self) -> dict:
+        """Which units a structured method keeps (the score stage's structure.json)."""
+        return read_json(self.project.masks / "structure.json")
+
     def allocation(self) -> dict:
         """The search stage's per-matrix allocation (allocation.json)."""
         return read_json(self.project.search / "allocation.json")

@@ -94,6 +94,21 @@ class SieveConfig(_Strict):
     levels: int = Field(10, ge=2, le=64, description="Rank levels per matrix, from dense down in equal steps")
 
 
+class StructuredConfig(_Strict):
+    """Structured pruning (method structured): whole decoder layers, attention head groups and MLP channels
+    removed, so the result is a smaller checkpoint of the same architecture; fusion settings: prune.task_aware."""
+
+    reduction: float = Field(0.25, gt=0, lt=1, description="Share of the decoder-linear parameters removed")
+    depth: float = Field(0.0, ge=0, le=1, description="Share of that reduction made by removing whole layers "
+                                                      "(the rest: MLP channels and head groups)")
+    keep_heads: int | None = Field(None, gt=0, description="Query heads kept per layer, a whole number of KV head "
+                                                           "groups; empty = all")
+    layer_score: Literal["skip", "influence"] = Field(
+        "skip", description="Layer importance: skip (answer log-likelihood and general-text loss with the layer "
+                            "skipped) or influence (1 - cosine of the layer's input and output, from calibration)")
+    width_multiple: int = Field(8, gt=0, description="The kept MLP width is a multiple of this")
+
+
 class PruneConfig(_Strict):
     method: str = Field("wanda", description="A registered method (taskprune/methods): `taskprune methods` lists them")
     base: Literal["wanda", "sparsegpt"] = Field("wanda", description="task_aware: base criterion scored on each side")
@@ -106,6 +121,7 @@ class PruneConfig(_Strict):
     owl: OWLConfig = Field(default_factory=OWLConfig)
     sparsegpt: SparseGPTConfig = Field(default_factory=SparseGPTConfig)
     sieve: SieveConfig = Field(default_factory=SieveConfig)
+    structured: StructuredConfig = Field(default_factory=StructuredConfig)
 
     @field_validator("pattern")
     @classmethod

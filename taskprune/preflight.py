@@ -7,7 +7,8 @@ from taskprune.config import Params
 from taskprune.data.schema import split
 from taskprune.data.task import load_task
 from taskprune.errors import TaskPruneError
-from taskprune.models.loading import check_source, resolve_source
+from taskprune.models.architectures import architecture_for
+from taskprune.models.loading import check_source, resolve_source, source_config
 from taskprune.paths import Project
 from taskprune.services import check_services
 
@@ -27,5 +28,10 @@ def preflight(project: Project, overrides: list[str], services: bool = True) -> 
         where = params.task.path or f"built-in task {params.task.name}"
         raise TaskPruneError(f"{where}: {exc} (task.calib_fraction {params.task.calib_fraction}: "
                              "at least 2 rows, one on each side)") from None
-    check_source(resolve_source(params.model.name, project.root, project.downloads), params.model.revision)
+    source = resolve_source(params.model.name, project.root, project.downloads)
+    check_source(source, params.model.revision)
+    method = params.prune.method_object
+    if method.reads_model_config:
+        model_config = source_config(source, params.model.revision)
+        method.check_model(params.prune, model_config, architecture_for(model_config.model_type, source.where))
     return params

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from taskprune.calibration.walk import LayerPass, hooks_removed_on_exit, sequential_layers
+from taskprune.calibration.walk import LayerPass, hidden_of, hooks_removed_on_exit, sequential_layers
 from taskprune.models.architectures import Architecture
 
 
@@ -86,21 +86,36 @@ def accumulate_inputs(step: LayerPass, arch: Architecture, side: str, make: Call
     return accs
 
 
+def block_influence(step: LayerPass, side: str) -> float:
+    """How much the layer changes its input (ShortGPT's block influence): the mean over tokens of
+    1 - cosine(hidden state in, hidden state out). Near 0: the layer barely matters to the residual stream."""
+    total, count = 0.0, 0
+    for (args, kwargs), out in zip(step.inputs[side], step.outputs[side]):
+        x = hidden_of(args, kwargs).float().reshape(-1, out.shape[-1])
+        cos = torch.nn.functional.cosine_similarity(x, out.float().reshape(-1, out.shape[-1]), dim=-1)
+        total += float((1 - cos).sum())
+        count += cos.numel()
+    return total / max(count, 1)
+
+
 @torch.no_grad()
 def collect_input_square_sums(model: nn.Module, arch: Architecture, input_ids: torch.Tensor,
                               batch_size: int = 8, device: str = "cpu", desc: str = "calibrating",
-                              moments: bool = False):
+                              moments: bool = False, influence: list | None = None):
     """Sum over all calibration tokens of x_j^2 for every input channel j of every decoder linear.
 
     Keys are ``"<layer index>.<linear name>"``; ``sqrt`` of a value is Wanda's ||X_j||_2.
     With ``moments`` it returns ``(square sums, second moments)``: the second moments (sum of
     x x^T, as LLM-Sieve's factorisation needs) once per distinct input of a layer, keyed by the
     first linear reading it, and the square sums taken from their diagonals' float64 twin.
+    A list given as ``influence`` receives each layer's block influence (``block_influence``).
     """
     stats: dict[str, torch.Tensor] = {}
     second: dict[str, torch.Tensor] = {}
     for step in sequential_layers(model, arch, {"calibration": input_ids}, batch_size, device, desc):
         accs = accumulate_inputs(step, arch, "calibration", Moments if moments else SquareSums)
+        if influence is not None:
+            influence.append(block_influence(step, "calibration"))
         layer_moments: list[torch.Tensor] = []
         for name, acc in accs.items():
             key = f"{step.index}.{name}"

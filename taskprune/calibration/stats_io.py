@@ -17,13 +17,14 @@ class SideStats:
 
     square_sums: dict[str, torch.Tensor]
     tokens: int
+    influence: list[float] | None = None   # per decoder layer, when the method asked for it (block influence)
 
 
 def load_side_stats(path) -> SideStats:
     from safetensors.torch import load_file
 
-    tokens = int(tensorfile.read_metadata(path)["tokens"])
-    return SideStats(load_file(str(path)), tokens)
+    metadata = tensorfile.read_metadata(path)
+    return SideStats(load_file(str(path)), int(metadata["tokens"]), metadata.get("influence"))
 
 
 def load_stats(stats_dir) -> dict[str, SideStats]:

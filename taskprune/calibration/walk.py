@@ -76,7 +76,7 @@ class _Recorder(nn.Module):
             return getattr(super().__getattr__("layer"), name)
 
     def forward(self, *args, **kwargs):
-        hidden = _hidden_of(args, kwargs)
+        hidden = hidden_of(args, kwargs)
         kept = (tuple(a.to("cpu") if torch.is_tensor(a) else a for a in args), kwargs) if self.first else \
             _with_hidden(args, kwargs, None)  # later layers' hidden states come from the walk, not from here
         self.store.append(kept)
@@ -108,7 +108,7 @@ def capture_layer_inputs(model: nn.Module, arch: Architecture, input_ids: torch.
     return captured
 
 
-def _hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
+def hidden_of(args: tuple, kwargs: dict) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
@@ -134,7 +134,7 @@ class LayerPass:
     def run(self, side: str) -> None:
         outputs = []
         for args, kwargs in self.inputs[side]:
-            args, kwargs = _with_hidden(args, kwargs, _hidden_of(args, kwargs).to(self.device))
+            args, kwargs = _with_hidden(args, kwargs, hidden_of(args, kwargs).to(self.device))
             try:
                 out = self.layer(*args, **kwargs)
             except torch.OutOfMemoryError:

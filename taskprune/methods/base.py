@@ -39,6 +39,7 @@ class ScoreResult:
     masks: Any = None
     weights: dict | None = None
     factors: dict | None = None
+    structure: dict | None = None            # which units a structured method keeps (structure.json)
     notes: dict = field(default_factory=dict)   # small facts for the stage record (stage.json)
 
 
@@ -66,6 +67,12 @@ class Method:
 
     def check(self, cfg: PruneConfig) -> None:
         """Raise ``ValueError`` for settings this method cannot use (generic ones are checked in config)."""
+
+    reads_model_config: ClassVar[bool] = False
+
+    def check_model(self, cfg: PruneConfig, model_config, arch) -> None:
+        """With ``reads_model_config``: raise ``TaskPruneError`` for settings this model cannot take (checked
+        before any stage runs; ``model_config`` may be a namespace of the config's main fields)."""
 
     def label(self, cfg: PruneConfig) -> str:
         """The method in a word, for run names and tables."""

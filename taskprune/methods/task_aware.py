@@ -8,13 +8,11 @@ from taskprune.calibration import SIDES
 from taskprune.methods.masking import MaskingMethod
 from taskprune.methods.registry import register
 from taskprune.methods.sparsegpt import obs_settings
-from taskprune.scoring.task_aware import ChannelStats, task_aware_scores, task_aware_sparsegpt
+from taskprune.scoring.task_aware import ChannelStats, exclusive_settings, task_aware_scores, task_aware_sparsegpt
 
 
 def partition(cfg) -> dict:
-    ta = cfg.task_aware
-    return {"exclusive_fraction": ta.exclusive_fraction if ta.partition == "fraction" else None,
-            "tau": ta.tau if ta.partition == "threshold" else None}
+    return exclusive_settings(cfg.task_aware)
 
 
 @register

@@ -102,38 +102,82 @@ def _source_kwargs(source: ModelSource, revision: str | None) -> dict:
     return kwargs
 
 
-_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # value type -> bytes
 GGUF_MODEL_TYPES = {"gemma3": "gemma3_text"}  # GGUF architecture -> transformers model_type, where they differ
 
 
-def gguf_architecture(path: Path) -> str:
-    """``general.architecture`` from a GGUF file's header (read up to that key, without parsing the tensors)."""
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+def gguf_header(path: Path) -> dict:
+    """The scalar and string keys of a GGUF file's header (arrays such as the vocabulary skipped, tensors not read)."""
     import struct
 
     def read(fh, fmt):
         return struct.unpack("<" + fmt, fh.read(struct.calcsize(fmt)))[0]
 
-    def skip(fh, kind):
+    def value(fh, kind):
         if kind == 8:
-            fh.seek(read(fh, "Q"), 1)
-        elif kind == 9:
+            return fh.read(read(fh, "Q")).decode("utf-8", "replace")
+        if kind == 9:
             inner, count = read(fh, "I"), read(fh, "Q")
             for _ in range(count):
-                skip(fh, inner)
-        else:
-            fh.seek(_GGUF_SIZES[kind], 1)
+                value(fh, inner)
+            return None
+        return read(fh, _GGUF_SCALARS[kind])
 
+    header = {}
     with path.open("rb") as fh:
         if fh.read(4) != b"GGUF" or read(fh, "I") < 2:
             raise TaskPruneError(f"{path}: not a GGUF file (version 2 or later)")
         read(fh, "Q")
         for _ in range(read(fh, "Q")):
             key = fh.read(read(fh, "Q")).decode("utf-8", "replace")
-            kind = read(fh, "I")
-            if key == "general.architecture" and kind == 8:
-                return fh.read(read(fh, "Q")).decode("utf-8")
-            skip(fh, kind)
-    raise TaskPruneError(f"{path}: GGUF file without general.architecture")
+            item = value(fh, read(fh, "I"))
+            if item is not None:
+                header[key] = item
+    return header
+
+
+def gguf_architecture(path: Path) -> str:
+    """``general.architecture`` from a GGUF file's header."""
+    arch = gguf_header(path).get("general.architecture")
+    if not isinstance(arch, str):
+        raise TaskPruneError(f"{path}: GGUF file without general.architecture")
+    return arch
+
+
+def gguf_config(path: Path):
+    """The transformers config fields structured pruning reads, from a GGUF header (a namespace, not a config)."""
+    from types import SimpleNamespace
+
+    header = gguf_header(path)
+    arch = header.get("general.architecture")
+    if not isinstance(arch, str):
+        raise TaskPruneError(f"{path}: GGUF file without general.architecture")
+
+    def field(name):
+        return header.get(f"{arch}.{name}")
+
+    heads = field("attention.head_count")
+    return SimpleNamespace(model_type=GGUF_MODEL_TYPES.get(arch, arch), num_hidden_layers=field("block_count"),
+                           hidden_size=field("embedding_length"), intermediate_size=field("feed_forward_length"),
+                           num_attention_heads=heads, num_key_value_heads=field("attention.head_count_kv") or heads,
+                           head_dim=field("attention.key_length"))
+
+
+def source_config(source: ModelSource, revision: str | None = None):
+    """A model's config without its weights: from the directory or the hub, or from a GGUF file's header."""
+    if source.gguf_file:
+        return gguf_config(Path(source.location, source.gguf_file))
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source.location, **_source_kwargs(source, revision))
+    except (OSError, ValueError) as exc:
+        hint = " Offline, give a local directory; with network, export HF_HUB_OFFLINE=0." \
+            if source.kind == "hub" else ""
+        raise TaskPruneError(f"{source.where}: cannot read its config ({str(exc).splitlines()[0][:300]}).{hint}") \
+            from None
 
 
 def check_source(source: ModelSource, revision: str | None = None) -> None:
@@ -143,17 +187,7 @@ def check_source(source: ModelSource, revision: str | None = None) -> None:
         arch = gguf_architecture(Path(source.location, source.gguf_file))
         architecture_for(GGUF_MODEL_TYPES.get(arch, arch), source.where)
         return
-    from transformers import AutoConfig
-
-    kwargs = _source_kwargs(source, revision)
-    try:
-        config = AutoConfig.from_pretrained(source.location, **kwargs)
-    except (OSError, ValueError) as exc:
-        hint = " Offline, give a local directory; with network, export HF_HUB_OFFLINE=0." \
-            if source.kind == "hub" else ""
-        raise TaskPruneError(f"{source.where}: cannot read its config ({str(exc).splitlines()[0][:300]}).{hint}") \
-            from None
-    _check_architecture(config, source.where)
+    _check_architecture(source_config(source, revision), source.where)
     if source.kind == "dir" and not any((Path(source.location) / f).is_file() for f in TOKENIZER_FILES):
         raise TaskPruneError(f"{source.where}: no tokenizer ({', '.join(TOKENIZER_FILES)}) in {source.location}")
 

@@ -44,6 +44,29 @@ class ChannelStats:
         return rms / rms.mean().clamp_min(EPS)
 
 
+def exclusive_settings(cfg) -> dict:
+    """``partition_channels``'s keyword arguments from ``prune.task_aware`` (a ``TaskAwareConfig``)."""
+    return {"exclusive_fraction": cfg.exclusive_fraction if cfg.partition == "fraction" else None,
+            "tau": cfg.tau if cfg.partition == "threshold" else None}
+
+
+def fuse_units(general: torch.Tensor, task: torch.Tensor, cfg) -> torch.Tensor:
+    """Task-aware fusion of one vector of unit importances per side (MLP channels, head groups or layers of a
+    model; ``cfg``: ``prune.task_aware``): each side normalised to mean 1, units whose sides differ most are
+    exclusive to the dominant side and take its score, the rest the weighted sum; ablations as for weights."""
+    general, task = general.double().clamp_min(EPS), task.double().clamp_min(EPS)
+    if cfg.ablation == "general_only":
+        return general / general.mean()
+    if cfg.ablation == "task_only":
+        return task / task.mean()
+    g, t = general / general.mean(), task / task.mean()
+    if cfg.ablation == "no_partition":
+        task_exclusive = general_exclusive = torch.zeros_like(g, dtype=torch.bool)
+    else:
+        task_exclusive, general_exclusive = partition_channels(g, t, **exclusive_settings(cfg))
+    return fuse_scores(g[None], t[None], task_exclusive, general_exclusive, cfg.alpha)[0]
+
+
 def partition_channels(general: torch.Tensor, task: torch.Tensor, *, exclusive_fraction: float | None = None,
                        tau: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean masks (task-exclusive, general-exclusive) over input channels.

@@ -18,15 +18,19 @@ def run(params: Params, project: Project) -> None:
     plan = get_method(params.prune.method).plan(params.prune)
     device = pick_device(params.model.device)
     moments = "moments" in plan.statistics
+    influence = "influence" in plan.statistics
     record = {"device": device, "num_samples": cfg.num_samples, "seq_len": cfg.seq_len, "moments": moments}
     with atomic_dir(project.stats) as out, atomic_dir(project.moments) as moments_out:
         if plan.statistics:
             model, tokenizer, arch = load_local(project.dense_model, "cpu")  # layers are onloaded one at a time
             for side, ids in calibration_blocks(project, cfg, tokenizer).items():
                 started = timer.seconds()
+                layers: list[float] | None = [] if influence else None
                 stats = collect_input_square_sums(model, arch, ids, cfg.batch_size, device, desc=f"calibrate {side}",
-                                                  moments=moments)
+                                                  moments=moments, influence=layers)
                 metadata = {"side": side, "tokens": ids.numel(), "seq_len": cfg.seq_len}
+                if influence:
+                    metadata["influence"] = [round(v, 6) for v in layers]
                 if moments:
                     stats, second = stats
                     save_moments(moments_out / f"{side}.safetensors", second, metadata)

@@ -26,7 +26,10 @@ def run(params: Params, project: Project) -> None:
     with atomic_dir(project.masks) as out:
         if result.masks is not None:
             total, overall = write_mask_files(out, cfg, result.masks)
-        write_json(out / "stage.json", {"method": cfg.method, "masks": result.masks is not None})
+        if result.structure is not None:
+            write_json(out / "structure.json", result.structure)
+        write_json(out / "stage.json", {"method": cfg.method, "masks": result.masks is not None,
+                                        **({"structure": True} if result.structure is not None else {})})
     with atomic_dir(project.updates) as out:
         if result.weights is not None:
             save_file(result.weights, str(out / "weights.safetensors"), metadata={"method": cfg.method})

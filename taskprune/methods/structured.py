@@ -1,0 +1,139 @@
+"""Task-aware structured pruning: whole decoder layers, attention head groups and MLP channels removed, so the
+result is a plain checkpoint of the same architecture with a smaller config (fewer layers, a narrower MLP,
+fewer heads), loadable by transformers alone, smaller on disk and faster to decode.
+
+Unit importance comes from the calibration square sums of the layer's output projections (both sides) and, for
+layers, from skipping each layer (or its block influence); the two sides are fused unit by unit as the
+unstructured task-aware method fuses weights (prune.task_aware: alpha, partition, ablations).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+
+from taskprune.calibration import SIDES
+from taskprune.errors import TaskPruneError
+from taskprune.methods.base import Method, Plan, PruneResult, ScoreResult
+from taskprune.methods.registry import register
+from taskprune.scoring.task_aware import fuse_units
+
+
+def _batches(rows: list, size: int) -> list:
+    return [rows[i:i + size] for i in range(0, len(rows), size)]
+
+
+@register
+class Structured(Method):
+    name = "structured"
+    summary = "task-aware removal of layers, head groups and MLP channels: a smaller standard checkpoint " \
+              "(prune.structured, prune.task_aware)"
+    reads_model_config = True
+
+    def plan(self, cfg) -> Plan:
+        return Plan(statistics=("square_sums", "influence"), produces=("structure",),
+                    sections=("structured", "task_aware"))
+
+    def label(self, cfg) -> str:
+        ablation = cfg.task_aware.ablation
+        return "structured" if ablation == "none" else f"structured+{ablation}"
+
+    def check(self, cfg) -> None:
+        if cfg.n_m is not None or cfg.allocation != "uniform":
+            raise ValueError("method 'structured' removes whole units with the same width in every layer: use "
+                             "pattern 'unstructured' and allocation 'uniform' (its amount is "
+                             "prune.structured.reduction)")
+
+    def check_model(self, cfg, model_config, arch) -> None:
+        from taskprune.units import unit_counts
+
+        units = arch.units(model_config)
+        try:
+            unit_counts(units, cfg.structured)
+        except ValueError as exc:
+            raise TaskPruneError(str(exc)) from None
+
+    # -- the steps ---------------------------------------------------------------------------------
+    def layer_importance(self, params, model, tokenizer, arch, inputs, stats) -> dict[str, torch.Tensor]:
+        from taskprune.data.answers import collate, encode
+        from taskprune.data.schema import read_jsonl
+        from taskprune.units import skip_losses
+
+        if params.prune.structured.layer_score == "influence":
+            return {side: torch.tensor(stats[side].influence, dtype=torch.float64) for side in SIDES}
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        size = params.calibration.batch_size
+        rows = encode(tokenizer, read_jsonl(inputs.project.data / "task_calib.jsonl"), params.recover.max_len)
+        blocks = inputs.blocks(tokenizer, params.calibration, ["general"])["general"][:32]
+        general = [{"input_ids": b, "labels": b, "attention_mask": torch.ones_like(b)} for b in blocks.split(size)]
+        return skip_losses(model, arch, {"general": general,
+                                         "task": [collate(chunk, pad) for chunk in _batches(rows, size)]})
+
+    def score(self, params, model, tokenizer, arch, inputs) -> ScoreResult:
+        from taskprune.units import choose, unit_counts, unit_importance
+
+        cfg = params.prune
+        units = arch.units(model.config)
+        counts = unit_counts(units, cfg.structured)
+        stats = inputs.stats()
+        sides = {side: unit_importance(model, arch, stats[side]) for side in SIDES}
+        fused = {kind: [fuse_units(g, t, cfg.task_aware) for g, t in zip(sides["general"][kind], sides["task"][kind])]
+                 for kind in ("channels", "groups")}
+        layers = self.layer_importance(params, model, tokenizer, arch, inputs, stats) if counts.layers_removed \
+            else None
+        layer_scores = fuse_units(layers["general"], layers["task"], cfg.task_aware) if layers is not None \
+            else torch.ones(units.layers, dtype=torch.float64)
+        keep = choose(counts, layer_scores, fused["channels"], fused["groups"])
+        removed = sorted(set(range(units.layers)) - set(keep.layers))
+        print(f"structured: {units.layers} -> {len(keep.layers)} layers (removed {removed or 'none'}), MLP width "
+              f"{units.intermediate} -> {counts.channels_kept}, heads {units.heads} -> "
+              f"{counts.groups_kept * units.group_size} (KV {units.kv_heads} -> {counts.groups_kept}); "
+              f"{counts.reduction:.1%} of the decoder-linear parameters removed")
+        structure = {"units": asdict(units), "counts": counts.as_dict(), "layers": keep.layers,
+                     "removed_layers": removed, "channels": {str(i): v for i, v in keep.channels.items()},
+                     "groups": {str(i): v for i, v in keep.groups.items()},
+                     "layer_scores": {side: [round(float(v), 6) for v in values]
+                                      for side, values in (layers or {}).items()},
+                     "layer_score": cfg.structured.layer_score if layers is not None else None}
+        return ScoreResult(structure=structure, notes={"reduction": counts.reduction})
+
+    def prune(self, params, model, arch, inputs) -> PruneResult:
+        from taskprune.models.architectures.base import Keep
+
+        structure = inputs.structure()
+        keep = Keep(layers=structure["layers"], channels={int(k): v for k, v in structure["channels"].items()},
+                    groups={int(k): v for k, v in structure["groups"].items()})
+        units, counts = structure["units"], structure["counts"]
+        share = {"channels": 1 - counts["channels_kept"] / units["intermediate"],
+                 "groups": 1 - counts["groups_kept"] / units["kv_heads"]}
+        per_matrix = {}
+        for key in arch.named_linears(model):
+            layer, name = key.split(".", 1)
+            removed_layer = int(layer) not in keep.layers
+            part = share["channels"] if name.startswith(arch.mlp_output.split(".")[0]) else share["groups"]
+            per_matrix[key] = 1.0 if removed_layer else round(part, 6)
+        smaller = arch.shrink(model, keep)
+        removed = self.removed_by_unit(structure)
+        return PruneResult(
+            smaller, compression=f"decoder-linear parameters -{counts['reduction']:.1%} (structured)", sparsity=0.0,
+            per_matrix={"name": "reduction_per_matrix", "title": "parameters removed per matrix",
+                        "quantity": "share of the matrix's parameters removed", "values": per_matrix},
+            facts=dict(method="structured", stats="both", pattern="structured", target_sparsity=0.0,
+                       achieved_sparsity=0.0, reduction=counts["reduction"], removed_layers=structure["removed_layers"],
+                       layers=len(keep.layers), intermediate_size=counts["channels_kept"],
+                       attention_heads=counts["groups_kept"] * units["heads"] // units["kv_heads"],
+                       kv_heads=counts["groups_kept"], removed_by_unit=removed))
+
+    @staticmethod
+    def removed_by_unit(structure: dict) -> dict[str, float]:
+        """Each unit type's share of the decoder-linear parameters removed: layers, head groups, MLP channels."""
+        from taskprune.models.architectures.base import Units
+
+        units, counts = Units(**structure["units"]), structure["counts"]
+        kept = units.layers - counts["layers_removed"]
+        amounts = {"layers": counts["layers_removed"] * units.layer_params(),
+                   "head_groups": kept * (units.kv_heads - counts["groups_kept"]) * units.group_params,
+                   "mlp_channels": kept * (units.intermediate - counts["channels_kept"]) * units.channel_params}
+        total = sum(amounts.values()) or 1
+        return {name: round(amount / total, 4) for name, amount in amounts.items()}
