@@ -35,7 +35,7 @@ from taskprune.data.tokens import token_blocks  # noqa: E402
 from taskprune.models.loading import load_local  # noqa: E402
 from taskprune.paths import Project  # noqa: E402
 from taskprune.pruning import SideStats, apply_masks, compute_masks  # noqa: E402
-from taskprune.recovery import lora_model, merge_keeping_masks, train_lora  # noqa: E402
+from taskprune.recovery import lora_model, merge_keeping_masks, train_recovery  # noqa: E402
 
 PATTERNS = {"50%": {"sparsity": 0.5}, "2:4": {"sparsity": 0.5, "pattern": "2:4"}}
 
@@ -78,7 +78,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 peft_model = lora_model(model, arch, rec)
                 with tempfile.TemporaryDirectory() as checkpoints:
-                    history = train_lora(peft_model, tokenizer, calib, rec, Path(checkpoints), "cpu").history
+                    history = train_recovery(peft_model, tokenizer, calib, rec, Path(checkpoints), "cpu").history
                 merged = merge_keeping_masks(peft_model, arch, masks)
                 minutes = (time.perf_counter() - t0) / 60
                 recovered_sparsity = apply_masks(merged, arch, masks)  # measures zeros (no change after merge)

@@ -107,6 +107,9 @@ class StructuredConfig(_Strict):
         "skip", description="Layer importance: skip (answer log-likelihood and general-text loss with the layer "
                             "skipped) or influence (1 - cosine of the layer's input and output, from calibration)")
     width_multiple: int = Field(8, gt=0, description="The kept MLP width is a multiple of this")
+    refit: bool = Field(True, description="Refit the kept columns of each layer's output projections by least "
+                                          "squares on the calibration inputs (needs their second moments)")
+    damp: float = Field(0.01, gt=0, le=1, description="refit: added to the second moment's diagonal, times its mean")
 
 
 class PruneConfig(_Strict):
@@ -229,7 +232,7 @@ class EvaluateConfig(_Strict):
 
 
 class RecoverConfig(_Strict):
-    """LoRA recovery after pruning (stage recover); see taskprune/recovery.py."""
+    """Recovery after pruning (stage recover: LoRA or full fine-tuning, optionally distilled); see taskprune/recovery.py."""
 
     enabled: bool = False
     rank: int = Field(8, gt=0, description="LoRA rank r")
@@ -240,8 +243,21 @@ class RecoverConfig(_Strict):
     batch_size: int = Field(8, gt=0)
     max_len: int = Field(128, ge=8, le=8192, description="Tokens per training example (query + answer)")
     merge: bool = Field(True, description="Merge the adapter and re-apply the mask; false keeps it apart")
+    train: Literal["lora", "full"] = Field("lora", description="lora (an adapter, merged or kept apart) or full "
+                                                               "(every remaining weight is trained)")
+    loss: Literal["answer", "distill"] = Field(
+        "answer", description="answer (log-likelihood of the right answer) or distill (that plus the KL divergence "
+                              "from the dense model's next-token distribution on task and general calibration text)")
+    distill_weight: float = Field(1.0, gt=0, description="loss distill: weight of the KL term")
     checkpoint_every: int = Field(25, gt=0, description="Steps between resumable checkpoints")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _merge_needs_lora(self) -> RecoverConfig:
+        if self.train == "full" and not self.merge:
+            raise ValueError("recover.merge: false keeps a LoRA adapter apart; recover.train full trains the weights "
+                             "themselves (set merge: true)")
+        return self
 
 
 class PromoteConfig(_Strict):

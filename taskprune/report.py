@@ -35,12 +35,24 @@ def cell(side: dict, key: str, fmt: str) -> str:
     return "n/a" if value is None else fmt.format(value)
 
 
+def recovery_name(recovery: dict) -> str:
+    """How the model was recovered, in a few words: "LoRA", "full fine-tuning", "... distilled"."""
+    name = "LoRA" if recovery.get("train", "lora") == "lora" else "full fine-tuning"
+    return name + (", distilled" if recovery.get("loss") == "distill" else "")
+
+
+def model_sides(metrics: dict) -> list[tuple[str, dict]]:
+    """The table's columns: the dense, the pruned and (when recovery ran) the recovered model."""
+    sides = [("dense", metrics["dense"]), ("pruned", metrics["pruned"])]
+    if "recovered" in metrics:
+        sides.append((f"pruned + {recovery_name(metrics.get('recovery', {})).split(',')[0]}", metrics["recovered"]))
+    return sides
+
+
 def results_table(metrics: dict, compression: str = "") -> Table:
     """``compression``: how the method describes its result in a line (the pruned model's stage.json)."""
-    dense, pruned = metrics["dense"], metrics["pruned"]
-    sides = [("dense", dense), ("pruned", pruned)]
-    if "recovered" in metrics:
-        sides.append(("pruned + LoRA", metrics["recovered"]))
+    dense = metrics["dense"]
+    sides = model_sides(metrics)
     search = metrics.get("search", {})
     table = Table(title=f"TaskPrune: task {metrics['task']}, method {metrics['method']}, "
                         f"{compression} (chance accuracy {dense['chance_accuracy']:.3f})")
@@ -57,9 +69,11 @@ def results_table(metrics: dict, compression: str = "") -> Table:
     if search.get("generations"):
         table.caption += (f"\nsearch ({search['kind']}, {search['objective']}): {search['generations']} generations, "
                           f"fitness uniform {search['uniform_fitness']:.4f} -> best {search['best_fitness']:.4f}")
+    for what, how in metrics.get("removed", {}).items():
+        table.caption += f"\n{what}: {how}"
     if "recovery" in metrics:
         rec = metrics["recovery"]
-        table.caption += (f"\nLoRA recovery: {rec['steps']} steps, loss {rec['first_loss']:.3f} -> "
+        table.caption += (f"\n{recovery_name(rec)} recovery: {rec['steps']} steps, loss {rec['first_loss']:.3f} -> "
                           f"{rec['final_loss']:.3f}, {rec['minutes']:.1f} min, "
                           f"{'merged, mask re-applied' if rec['merge'] else 'adapter kept apart'}")
     return table
@@ -101,7 +115,7 @@ img { max-width: 100%; border: 1px solid #eee; margin: .4em 0; } .meta { color: 
 CAPTIONS = {"sparsity_per_layer": "Sparsity per layer", "reduction_per_matrix": "Parameters removed per matrix (rank)",
             "exclusive_channels": "Task- and general-exclusive input channels",
             "search_convergence": "Genetic search: convergence", "pareto_front": "Genetic search: Pareto front",
-            "recovery_loss": "LoRA recovery: loss"}
+            "recovery_loss": "Recovery: loss"}
 
 
 def _png(figure) -> str:
@@ -127,9 +141,7 @@ def html_report(metrics: dict, per_matrix: dict, run_name: str, *, compression: 
 
     from taskprune.tracking.plots import run_figures
 
-    sides = [("dense", metrics["dense"]), ("pruned", metrics["pruned"])]
-    if "recovered" in metrics:
-        sides.append(("pruned + LoRA", metrics["recovered"]))
+    sides = model_sides(metrics)
     rows = [(label, [cell(side, key, fmt) for _, side in sides]) for label, key, fmt in ROWS]
     caption = results_table(metrics, compression).caption or ""
     notes = [line for line in caption.splitlines()[1:] if line]  # search and recovery lines

@@ -72,6 +72,17 @@ def overrides(*items: str):
 
 
 LLAMA_CONFIG = json.dumps({"model_type": "llama"}).encode()
+SMOLLM2_SHAPE = json.dumps({"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                            "num_attention_heads": 9, "num_key_value_heads": 3}).encode()
+
+
+def structured(config: bytes, *settings: str):
+    """A model directory of ``config`` (weights and tokenizer files present, never read) and the structured method."""
+    def setup(project: Path) -> list[str]:
+        return model_dir({"config.json": config, "model.safetensors": b"", "tokenizer.json": b"{}"})(project) + \
+            ["prune.method=structured", *settings]
+    return setup
+
 CASES = {
     # task files
     "task: not JSON": (task_file(jsonl(GOOD, "query: q")), r"data/task\.jsonl:2: not valid JSON"),
@@ -132,6 +143,19 @@ CASES = {
     "model: GGUF of an unknown architecture": (gguf_file("mamba"),
                                                r"model\.name 'm\.gguf'.*unknown architecture 'mamba'"),
     "model: a .gguf file that is not GGUF": (gguf_file(None), r"m\.gguf: not a GGUF file"),
+    # structured pruning, checked against the model's config
+    "structured: architecture without surgery": (structured(json.dumps({"model_type": "gpt2"}).encode()),
+                                                 r"architecture 'gpt2': structured pruning .* not supported"),
+    "structured: heads not a whole number of groups": (structured(SMOLLM2_SHAPE, "prune.structured.keep_heads=4"),
+                                                       r"prune\.structured\.keep_heads: 4 query heads is not a whole "
+                                                       r"number of head groups"),
+    "structured: every layer removed": (structured(SMOLLM2_SHAPE, "prune.structured.reduction=0.99",
+                                                   "prune.structured.depth=1"),
+                                        r"prune\.structured: .*would remove every one of the 30 decoder layers"),
+    "structured: every MLP channel removed": (structured(SMOLLM2_SHAPE, "prune.structured.reduction=0.9"),
+                                              r"prune\.structured\.reduction 0\.9 would remove every MLP channel"),
+    "structured: with N:M": (overrides("prune.method=structured", "prune.pattern=2:4", "prune.sparsity=0.5"),
+                             r"structured.*unstructured"),
 }
 
 

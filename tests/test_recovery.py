@@ -14,8 +14,8 @@ from taskprune.errors import TaskPruneError
 from taskprune.models.loading import load_local, save_model
 from taskprune.paths import Project, read_json, write_json
 from taskprune.pruning import apply_masks, compute_masks
-from taskprune.recovery import (batch_indices, check_disjoint, collate, encode, lora_model, merge_keeping_masks,
-                                train_lora)
+from taskprune.recovery import (Distillation, batch_indices, check_disjoint, collate, distill_loss, encode, full_model,
+                                lora_model, merge_keeping_masks, train_recovery)
 
 ROWS = builtin.sentiment(0)[:48]
 
@@ -38,7 +38,7 @@ def test_merge_keeps_the_zero_pattern_on_every_architecture(tiny_model_dir, tmp_
     model, tokenizer, arch, masks = pruned_tiny(tiny_model_dir)
     before = {k: arch.weight(m).clone() for k, m in arch.named_linears(model).items()}
     peft_model = lora_model(model, arch, RecoverConfig(rank=4))
-    train_lora(peft_model, tokenizer, ROWS, RecoverConfig(rank=4, steps=3, learning_rate=0.05, batch_size=4),
+    train_recovery(peft_model, tokenizer, ROWS, RecoverConfig(rank=4, steps=3, learning_rate=0.05, batch_size=4),
                tmp_path / "ckpt", "cpu")
     merged = merge_keeping_masks(peft_model, arch, masks)
     changed = 0
@@ -54,7 +54,7 @@ def test_recovery_lowers_the_training_loss(tiny_llama_dir, tmp_path):
     cfg = RecoverConfig(rank=8, steps=40, learning_rate=5e-3, batch_size=8, dropout=0.0)
     peft_model = lora_model(model, arch, cfg)
     start = training_loss(peft_model, tokenizer, ROWS)
-    result = train_lora(peft_model, tokenizer, ROWS, cfg, tmp_path / "ckpt", "cpu")
+    result = train_recovery(peft_model, tokenizer, ROWS, cfg, tmp_path / "ckpt", "cpu")
     assert training_loss(peft_model, tokenizer, ROWS) < 0.9 * start
     assert [h["step"] for h in result.history] == list(range(1, 41))
 
@@ -69,15 +69,49 @@ def test_a_killed_run_resumes_to_the_same_adapter(tiny_llama_dir, tmp_path):
         return lora_model(model, arch, cfg), tokenizer
 
     straight, tokenizer = fresh()
-    whole = train_lora(straight, tokenizer, ROWS, cfg, tmp_path / "a", "cpu")
+    whole = train_recovery(straight, tokenizer, ROWS, cfg, tmp_path / "a", "cpu")
     killed, _ = fresh()
-    train_lora(killed, tokenizer, ROWS, cfg, tmp_path / "b", "cpu", stop_after=7)  # dies after step 7
+    train_recovery(killed, tokenizer, ROWS, cfg, tmp_path / "b", "cpu", stop_after=7)  # dies after step 7
     resumed, _ = fresh()
-    again = train_lora(resumed, tokenizer, ROWS, cfg, tmp_path / "b", "cpu")
+    again = train_recovery(resumed, tokenizer, ROWS, cfg, tmp_path / "b", "cpu")
     assert again.resumed_from == 5  # the last checkpoint before the kill
     assert [h["loss"] for h in again.history] == pytest.approx([h["loss"] for h in whole.history], rel=1e-4)
     ours, theirs = get_peft_model_state_dict(resumed), get_peft_model_state_dict(straight)
     assert all(torch.allclose(ours[k], theirs[k], atol=1e-6) for k in theirs)
+
+
+def test_distilled_full_training_moves_toward_the_dense_model_and_resumes_to_the_same_weights(tiny_llama_dir, tmp_path):
+    cfg = RecoverConfig(train="full", loss="distill", steps=8, learning_rate=2e-3, batch_size=4, checkpoint_every=3)
+    teacher = load_local(tiny_llama_dir)[0]
+    blocks = torch.randint(1, 200, (12, 16), generator=torch.Generator().manual_seed(0))
+
+    def fresh():
+        model, tokenizer, _, _ = pruned_tiny(tiny_llama_dir)
+        return full_model(model, cfg), tokenizer
+
+    def kl(model):
+        with torch.no_grad():
+            return float(distill_loss(model(blocks).logits, teacher(blocks).logits, torch.ones(blocks.shape, dtype=torch.bool)))
+
+    answer_only, tokenizer = fresh()
+    train_recovery(answer_only, tokenizer, ROWS, cfg.model_copy(update={"loss": "answer"}), tmp_path / "c", "cpu")
+    straight, _ = fresh()
+    whole = train_recovery(straight, tokenizer, ROWS, cfg, tmp_path / "a", "cpu", distill=Distillation(teacher, blocks, 10))
+    assert kl(straight) < 0.5 * kl(answer_only)  # the KL term keeps the model near the dense one    assert {"answer_loss", "distill_loss", "loss"} <= set(whole.history[0])
+    killed, _ = fresh()
+    train_recovery(killed, tokenizer, ROWS, cfg, tmp_path / "b", "cpu", stop_after=5,
+                   distill=Distillation(teacher, blocks, 10))
+    resumed, _ = fresh()
+    again = train_recovery(resumed, tokenizer, ROWS, cfg, tmp_path / "b", "cpu", distill=Distillation(teacher, blocks, 10))
+    assert again.resumed_from == 3
+    assert [h["loss"] for h in again.history] == pytest.approx([h["loss"] for h in whole.history], rel=1e-4)
+    theirs = dict(straight.named_parameters())
+    assert all(torch.allclose(p, theirs[name], atol=1e-5) for name, p in resumed.named_parameters())
+
+
+def test_full_training_cannot_keep_an_adapter_apart():
+    with pytest.raises(ValueError, match="recover.merge: false keeps a LoRA adapter apart"):
+        RecoverConfig(train="full", merge=False)
 
 
 def test_batches_cycle_through_every_row_each_epoch():

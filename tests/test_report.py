@@ -59,7 +59,7 @@ def test_sparsity_run_report_has_table_heatmap_loss_curve_and_stage_times():
     assert "wanda-&lt;run&gt;" in html  # names are escaped
     assert ["dense", "pruned", "pruned + LoRA"] == page.cells[1:4]
     assert "0.6000" in page.cells and "calibrate" in page.cells
-    assert {"Sparsity per layer", "LoRA recovery: loss", "Task- and general-exclusive input channels"} <= set(page.headings)
+    assert {"Sparsity per layer", "Recovery: loss", "Task- and general-exclusive input channels"} <= set(page.headings)
     assert len(page.images) == 3 and all(w > 300 and h > 150 for w, h in decoded_sizes(page))
     assert "LoRA recovery: 2 steps" in html
 

@@ -53,6 +53,7 @@ class PruneResult:
     per_matrix: dict
     sparsity: float = 0.0            # fraction of decoder-linear weights that are zero (0 for parameter removal)
     facts: dict = field(default_factory=dict)
+    removed: dict[str, str] = field(default_factory=dict)   # what was removed, in words (shown in tables, MLflow)
 
 
 class Method:

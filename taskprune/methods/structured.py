@@ -27,12 +27,12 @@ def _batches(rows: list, size: int) -> list:
 @register
 class Structured(Method):
     name = "structured"
-    summary = "task-aware removal of layers, head groups and MLP channels: a smaller standard checkpoint " \
-              "(prune.structured, prune.task_aware)"
+    summary = "task-aware removal of layers, head groups and MLP channels: a smaller model (prune.structured)"
     reads_model_config = True
 
     def plan(self, cfg) -> Plan:
-        return Plan(statistics=("square_sums", "influence"), produces=("structure",),
+        refit = ("moments",) if cfg.structured.refit else ()
+        return Plan(statistics=("square_sums", *refit, "influence"), produces=("structure",),
                     sections=("structured", "task_aware"))
 
     def label(self, cfg) -> str:
@@ -113,8 +113,20 @@ class Structured(Method):
             removed_layer = int(layer) not in keep.layers
             part = share["channels"] if name.startswith(arch.mlp_output.split(".")[0]) else share["groups"]
             per_matrix[key] = 1.0 if removed_layer else round(part, 6)
+        if params.prune.structured.refit:
+            self.refit(params.prune, model, arch, keep, units, inputs)
         smaller = arch.shrink(model, keep)
         removed = self.removed_by_unit(structure)
+        heads = counts["groups_kept"] * units["heads"] // units["kv_heads"]
+        described = {
+            "decoder layers": f"{units['layers']} -> {len(keep.layers)}"
+                              + (f" (removed {', '.join(map(str, structure['removed_layers']))})"
+                                 if structure["removed_layers"] else ""),
+            "MLP width": f"{units['intermediate']} -> {counts['channels_kept']} in every kept layer",
+            "attention heads": f"{units['heads']} -> {heads} (KV heads {units['kv_heads']} -> {counts['groups_kept']})",
+            "removed parameters by unit": ", ".join(f"{name.replace('_', ' ')} {share:.0%}"
+                                                    for name, share in removed.items()),
+        }
         return PruneResult(
             smaller, compression=f"decoder-linear parameters -{counts['reduction']:.1%} (structured)", sparsity=0.0,
             per_matrix={"name": "reduction_per_matrix", "title": "parameters removed per matrix",
@@ -122,8 +134,31 @@ class Structured(Method):
             facts=dict(method="structured", stats="both", pattern="structured", target_sparsity=0.0,
                        achieved_sparsity=0.0, reduction=counts["reduction"], removed_layers=structure["removed_layers"],
                        layers=len(keep.layers), intermediate_size=counts["channels_kept"],
-                       attention_heads=counts["groups_kept"] * units["heads"] // units["kv_heads"],
-                       kv_heads=counts["groups_kept"], removed_by_unit=removed))
+                       attention_heads=heads,
+                       kv_heads=counts["groups_kept"], removed_by_unit=removed), removed=described)
+
+    @staticmethod
+    def refit(cfg, model, arch, keep, units: dict, inputs) -> None:
+        """Kept output-projection columns refitted on the calibration inputs (``units.refit``); the two sides'
+        second moments are mixed as the fusion weighs them (``alpha``; one side for its ablation)."""
+        from taskprune.lowrank.factors import mixed_moment
+        from taskprune.units.refit import head_columns, refit_columns
+
+        ablation = cfg.task_aware.ablation
+        sides = {"general_only": ["general"], "task_only": ["task"]}.get(ablation, list(SIDES))
+        moments = inputs.moments(sides)
+        layers = arch.layers(model)
+        for i in keep.layers:
+            linears = arch.linears(layers[i])
+            for name, columns in ((arch.mlp_output, keep.channels[i]),
+                                  (arch.attention_output, head_columns(keep.groups[i], units["heads"] //
+                                                                       units["kv_heads"], units["head_dim"]))):
+                key = f"{i}.{name}"
+                h = mixed_moment(moments["general"][key] if "general" in moments else None,
+                                 moments[sides[-1]][key], cfg.task_aware.alpha if len(sides) == 2 else 0.0)
+                weight = arch.weight(linears[name])
+                if len(columns) < weight.shape[1]:
+                    weight[:, columns] = refit_columns(weight, h, columns, cfg.structured.damp)
 
     @staticmethod
     def removed_by_unit(structure: dict) -> dict[str, float]:

@@ -65,7 +65,8 @@ def _public(result: dict) -> dict:
 def build_metrics(params: Params, project: Project, data_info: dict) -> dict:
     dense = read_json(project.eval_file("dense"))
     pruned_public = _public(read_json(project.eval_file("pruned")))
-    pruned_public["sparsity"] = read_json(project.pruned_model / "stage.json")["sparsity"]
+    pruned_info = read_json(project.pruned_model / "stage.json")
+    pruned_public["sparsity"] = pruned_info["sparsity"]
     records = stage_records(project)
     if not recovery_enabled(project):  # a disabled recovery's quick records are not part of this result
         records = {k: v for k, v in records.items() if k not in ("recover", "evaluate_recovered")}
@@ -78,6 +79,8 @@ def build_metrics(params: Params, project: Project, data_info: dict) -> dict:
         "stage_seconds": seconds,
         "run_seconds": round(sum(seconds.values()), 2),
     }
+    if pruned_info.get("removed"):  # what a method that removes units removed, in words
+        metrics["removed"] = pruned_info["removed"]
     search_file = project.search / "allocation.json"
     if search_file.is_file():  # a per-matrix allocation (searched, or a method's uniform one)
         search = read_json(search_file)
@@ -90,6 +93,9 @@ def build_metrics(params: Params, project: Project, data_info: dict) -> dict:
         info = read_json(project.recovered_model / "stage.json")
         recovered["sparsity"] = info["sparsity"]
         metrics["recovered"] = recovered
-        metrics["recovery"] = {k: info[k] for k in ("merge", "steps", "first_loss", "final_loss", "lora_parameters")}
+        metrics["recovery"] = {k: info[k] for k in ("merge", "steps", "first_loss", "final_loss", "lora_parameters",
+                                                    "trainable_parameters") if k in info}
+        if (info.get("train"), info.get("loss")) not in ((None, None), ("lora", "answer")):
+            metrics["recovery"].update(train=info["train"], loss=info["loss"])
         metrics["recovery"]["minutes"] = round(records.get("recover", {}).get("seconds", 0) / 60, 2)
     return metrics

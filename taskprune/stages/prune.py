@@ -21,5 +21,6 @@ def run(params: Params, project: Project) -> None:
         FORMATS[plan.export].save(result.model, tokenizer, out)
         write_json(out / "stage.json", {**result.facts, "label": method.label(params.prune), "format": plan.export,
                                         "compression": result.compression, "sparsity": result.sparsity,
-                                        "per_matrix": result.per_matrix, "base_model": params.model.name})
+                                        "per_matrix": result.per_matrix, "base_model": params.model.name,
+                                        **({"removed": result.removed} if result.removed else {})})
     timer.done()

@@ -1,15 +1,19 @@
-"""recover: LoRA fine-tune of the pruned model on the task's calibration split (params: recover).
+"""recover: fine-tune of the pruned model on the task's calibration split (params: recover).
 
 Disabled (the default): writes only a stage.json saying so. Enabled: trains LoRA on every linear
-inside the prunable ones (both factors of a factorized linear), then saves, in the pruned model's own
-format, either the merged model with the pruning masks re-applied (when the result has masks), or
-the untouched pruned weights plus the adapter in ``adapter/`` (``merge: false``). Checkpoints live in
+inside the prunable ones (both factors of a factorized linear), or every weight (``train: full``), on the
+answer loss or also distilled from the dense model (``loss: distill``), then saves, in the pruned model's own
+format and with its config unchanged, either the merged model with the pruning masks re-applied (when the
+result has masks), or the untouched pruned weights plus the adapter in ``adapter/`` (``merge: false``).
+Checkpoints live in
 ``.taskprune/checkpoints/recover-<fingerprint of the inputs>`` until the stage ends.
 """
 
 from __future__ import annotations
 
 import shutil
+
+import torch
 
 from taskprune import masks as masklib
 from taskprune.config import Params
@@ -18,7 +22,9 @@ from taskprune.models.formats import format_of
 from taskprune.models.loading import load_local, pick_device
 from taskprune.paths import LORA_DIR, Project, StageTimer, atomic_dir, fingerprint, write_json
 from taskprune.pruning import apply_masks
-from taskprune.recovery import check_disjoint, lora_model, lora_targets, merge_keeping_masks, train_lora
+from taskprune.calibration.blocks import calibration_blocks
+from taskprune.recovery import (Distillation, check_disjoint, full_model, lora_model, lora_targets,
+                                merge_keeping_masks, train_recovery)
 
 
 def run(params: Params, project: Project) -> None:
@@ -40,17 +46,27 @@ def run(params: Params, project: Project) -> None:
         cfg.model_dump_json().encode(), (project.data / "task_calib.jsonl").read_bytes(),
         *(path.read_bytes() for path in structure)))
     model, tokenizer, arch = load_local(project.pruned_model, device)
-    peft_model = lora_model(model, arch, cfg)
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    print(f"recover: LoRA r={cfg.rank} on {len(lora_targets(model, arch))} modules, "
-          f"{trainable:,} trainable parameters, {cfg.steps} steps on {len(train)} calibration rows ({device})")
-    result = train_lora(peft_model, tokenizer, train, cfg, checkpoints, device)
+    config = model.config.to_dict()
+    trained = lora_model(model, arch, cfg) if cfg.train == "lora" else full_model(model, cfg)
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    what = f"LoRA r={cfg.rank} on {len(lora_targets(model, arch))} modules" if cfg.train == "lora" else "all weights"
+    distill = None
+    if cfg.loss == "distill":
+        teacher = load_local(project.dense_model, device)[0]
+        blocks = calibration_blocks(project, params.calibration, tokenizer)
+        distill = Distillation(teacher, torch.cat([blocks["task"], blocks["general"]]), cfg.distill_weight)
+        what += f", distilled from the dense model on {len(distill.blocks)} task and general text blocks"
+    print(f"recover: {what}, {trainable:,} trainable parameters, {cfg.steps} steps on {len(train)} calibration "
+          f"rows ({device})")
+    result = train_recovery(trained, tokenizer, train, cfg, checkpoints, device, distill=distill)
     with atomic_dir(project.recovered_model) as out:
         if cfg.merge:
-            recovered = merge_keeping_masks(peft_model, arch, masks)
+            recovered = merge_keeping_masks(trained, arch, masks)
         else:
-            peft_model.save_pretrained(str(out / LORA_DIR))  # safetensors
-            recovered = peft_model.unload()  # the pruned weights, untouched
+            trained.save_pretrained(str(out / LORA_DIR))  # safetensors
+            recovered = trained.unload()  # the pruned weights, untouched
+        if recovered.config.to_dict() != config:
+            raise RuntimeError("recover: the model's config changed in training; the pruned structure must stay")
         # masks: no-op on the weights after the merge re-applied them; measures the zeros
         achieved = apply_masks(recovered, arch, masks) if masks is not None else {"all": 0.0}
         format_of(project.pruned_model).save(recovered, tokenizer, out)
@@ -58,7 +74,8 @@ def run(params: Params, project: Project) -> None:
         write_json(out / "stage.json", {
             "enabled": True, "merge": cfg.merge, "steps": cfg.steps, "resumed_from": result.resumed_from,
             "train_rows": len(train_ids), "first_loss": result.history[0]["loss"] if result.history else None,
-            "final_loss": result.history[-1]["loss"], "lora_parameters": trainable,
+            "final_loss": result.history[-1]["loss"], "train": cfg.train, "loss": cfg.loss,
+            f"{'lora' if cfg.train == 'lora' else 'trainable'}_parameters": trainable,
             "sparsity": round(sum(achieved.values()) / len(achieved), 6),
             "train_ids": train_ids})
     shutil.rmtree(checkpoints, ignore_errors=True)

@@ -46,6 +46,6 @@ def run(params: Params, project: Project) -> None:
     print(f"{how} {result['registered_model']} version {result['version']}, run {result['run_id']} "
           f"at {result['tracking_uri']}")
     if "recovered_version" in result:
-        print(f"registered the LoRA-recovered model as version {result['recovered_version']} "
+        print(f"registered the recovered model as version {result['recovered_version']} "
               f"(parent version {result['version']})")
     print(f"alias challenger -> version {result.get('recovered_version', result['version'])}")

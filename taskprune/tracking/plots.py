@@ -73,10 +73,10 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend: bool = True):
 
 
 def loss_figure(history: list[dict], title: str):
-    """LoRA recovery: training loss per step."""
+    """Recovery: training loss per step."""
     fig, ax = _pyplot().subplots(figsize=(7, 3.5))
     ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
-    return _finish(fig, ax, "step", "training loss (answer tokens)", f"{title}: LoRA recovery", legend=False)
+    return _finish(fig, ax, "step", "training loss (answer tokens)", f"{title}: recovery", legend=False)
 
 
 def convergence_figure(search: dict, title: str):

@@ -100,6 +100,9 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
         for path, figure in figures.items():
             mlflow.log_figure(figure, path)
         mlflow.log_dict(per_matrix["values"], f"{per_matrix['name']}.json")
+        if metrics.get("removed"):  # a method that removes units: what it removed, in words
+            mlflow.set_tags({f"removed.{what}": how for what, how in metrics["removed"].items()})
+            mlflow.log_dict(metrics["removed"], "removed.json")
         if search and search.get("history"):
             _log_search(MlflowClient(), run.info.run_id, search)
         if report_html:
