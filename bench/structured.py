@@ -13,7 +13,7 @@ Decode tokens/s and bytes on disk of every kept model are measured side by side 
 process, rounds interleaved, median), and the structured models once more as loaded by plain transformers.
 
     .venv/bin/python bench/structured.py [--tasks capital sentiment] [--levels 0.25 0.4] [--seeds 0 1]
-        [--recover-steps 40] [--sieve-generations 5] [--limit N] [--out bench/results/structured.md]
+        [--recover-steps 30] [--sieve-generations 5] [--limit N] [--out bench/results/structured.md]
 
 Needs the dense model: run `taskprune stage fetch_model` (or `taskprune run`) first.
 """
@@ -82,8 +82,9 @@ def main() -> None:
     parser.add_argument("--levels", nargs="+", type=float, default=[0.25, 0.4])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--depth", type=float, default=0.0, help="prune.structured.depth")
-    parser.add_argument("--recover-steps", type=int, default=40)
+    parser.add_argument("--recover-steps", type=int, default=30)
     parser.add_argument("--recover-lr", type=float, default=1e-4)
+    parser.add_argument("--recover-batch", type=int, default=4)
     parser.add_argument("--recover-train", default="full", choices=["full", "lora"])
     parser.add_argument("--sieve-generations", type=int, default=5)
     parser.add_argument("--no-recover", action="store_true")
@@ -102,6 +103,7 @@ def main() -> None:
             base = [f"task.name={task}", "task.path=", "prune.method=structured",
                     f"prune.structured.depth={args.depth}", f"recover.steps={args.recover_steps}",
                     f"recover.learning_rate={args.recover_lr}", f"recover.train={args.recover_train}",
+                    f"recover.batch_size={args.recover_batch}",
                     "recover.loss=distill"] + ([f"evaluate.limit={args.limit}"] if args.limit else [])
             results: dict[tuple, dict] = {}
             dense = None
@@ -204,7 +206,8 @@ def main() -> None:
               f"SmolLM2-135M-Instruct, CPU, {os.cpu_count()} cores. Calibration {p.calibration.num_samples} x "
               f"{p.calibration.seq_len} tokens per side; structured depth {args.depth} (share of the reduction from "
               f"whole layers), MLP width a multiple of {p.prune.structured.width_multiple}; recovery: "
-              f"{args.recover_train}, distilled (answer loss + KL to the dense model), {args.recover_steps} steps, "
+              f"{args.recover_train}, distilled (answer loss + KL to the dense model), {args.recover_steps} steps of "
+              f"batch {args.recover_batch}, "
               f"learning rate {args.recover_lr}; sieve: GA {args.sieve_generations} generations. Decode: "
               f"{p.evaluate.decode_tokens} new tokens at batch 1, median of {args.decode_rounds} interleaved rounds. "
               f"Stage seconds: " + ", ".join(f"{' '.join(map(str, k))} {v:.0f}" for k, v in seconds.items())

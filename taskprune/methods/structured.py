@@ -20,6 +20,9 @@ from taskprune.methods.registry import register
 from taskprune.scoring.task_aware import fuse_units
 
 
+SKIP_ROWS, SKIP_BLOCKS = 64, 8  # layer skip losses: task rows and general blocks (one forward each per layer)
+
+
 def _batches(rows: list, size: int) -> list:
     return [rows[i:i + size] for i in range(0, len(rows), size)]
 
@@ -64,8 +67,9 @@ class Structured(Method):
             return {side: torch.tensor(stats[side].influence, dtype=torch.float64) for side in SIDES}
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         size = params.calibration.batch_size
-        rows = encode(tokenizer, read_jsonl(inputs.project.data / "task_calib.jsonl"), params.recover.max_len)
-        blocks = inputs.blocks(tokenizer, params.calibration, ["general"])["general"][:32]
+        rows = encode(tokenizer, read_jsonl(inputs.project.data / "task_calib.jsonl")[:SKIP_ROWS],
+                      params.recover.max_len)
+        blocks = inputs.blocks(tokenizer, params.calibration, ["general"])["general"][:SKIP_BLOCKS]
         general = [{"input_ids": b, "labels": b, "attention_mask": torch.ones_like(b)} for b in blocks.split(size)]
         return skip_losses(model, arch, {"general": general,
                                          "task": [collate(chunk, pad) for chunk in _batches(rows, size)]})
