@@ -41,6 +41,14 @@ def recovery_name(recovery: dict) -> str:
     return name + (", distilled" if recovery.get("loss") == "distill" else "")
 
 
+def recovery_result(recovery: dict, metrics: dict) -> str:
+    """What happened to the trained weights: merged (the mask re-applied where there is one) or kept apart."""
+    if not recovery["merge"]:
+        return "adapter kept apart"
+    merged = "all weights trained" if recovery.get("train") == "full" else "merged"
+    return merged + (", mask re-applied" if metrics["pruned"].get("sparsity") else "")
+
+
 def model_sides(metrics: dict) -> list[tuple[str, dict]]:
     """The table's columns: the dense, the pruned and (when recovery ran) the recovered model."""
     sides = [("dense", metrics["dense"]), ("pruned", metrics["pruned"])]
@@ -74,8 +82,7 @@ def results_table(metrics: dict, compression: str = "") -> Table:
     if "recovery" in metrics:
         rec = metrics["recovery"]
         table.caption += (f"\n{recovery_name(rec)} recovery: {rec['steps']} steps, loss {rec['first_loss']:.3f} -> "
-                          f"{rec['final_loss']:.3f}, {rec['minutes']:.1f} min, "
-                          f"{'merged, mask re-applied' if rec['merge'] else 'adapter kept apart'}")
+                          f"{rec['final_loss']:.3f}, {rec['minutes']:.1f} min, {recovery_result(rec, metrics)}")
     return table
 
 
@@ -112,7 +119,7 @@ img { max-width: 100%; border: 1px solid #eee; margin: .4em 0; } .meta { color: 
 </body></html>
 """
 
-CAPTIONS = {"sparsity_per_layer": "Sparsity per layer", "reduction_per_matrix": "Parameters removed per matrix (rank)",
+CAPTIONS = {"sparsity_per_layer": "Sparsity per layer", "reduction_per_matrix": "Parameters removed per matrix",
             "exclusive_channels": "Task- and general-exclusive input channels",
             "search_convergence": "Genetic search: convergence", "pareto_front": "Genetic search: Pareto front",
             "recovery_loss": "Recovery: loss"}

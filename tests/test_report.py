@@ -76,7 +76,7 @@ def test_sieve_report_has_rank_map_convergence_and_pareto_table():
                   "quantity": "share of the matrix's parameters removed", "values": search["matrix_reduction"]}
     page = parse(html_report(metrics, per_matrix, "sieve-run", search=search,
                              registration={"registered_model": "m", "version": "3", "run_id": "abc"}))
-    assert {"Parameters removed per matrix (rank)", "Genetic search: convergence", "Genetic search: Pareto front",
+    assert {"Parameters removed per matrix", "Genetic search: convergence", "Genetic search: Pareto front",
             "Pareto front (table)"} <= set(page.headings)
     assert len(decoded_sizes(page)) == 3
     assert {"size_fraction", "0.3", "-4.0"} <= set(page.cells)

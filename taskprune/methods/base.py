@@ -79,6 +79,10 @@ class Method:
         """The method in a word, for run names and tables."""
         return self.name
 
+    def settings_label(self, cfg: PruneConfig) -> str:
+        """How much and how, for run names: allocation, pattern and sparsity unless the method says otherwise."""
+        return f"{cfg.allocation}-{cfg.pattern.replace(':', 'of')}-{cfg.sparsity:g}"
+
     # -- the steps ------------------------------------------------------------------------------
     def score(self, params: Params, model, tokenizer, arch, inputs: Artifacts) -> ScoreResult:
         """The score stage: masks, updated weights or factors of every decoder linear."""

@@ -20,6 +20,7 @@ from taskprune.methods.registry import register
 from taskprune.scoring.task_aware import fuse_units
 
 
+UNIT_NAMES = {"layers": "layers", "head_groups": "head groups", "mlp_channels": "MLP channels"}
 SKIP_ROWS, SKIP_BLOCKS = 64, 8  # layer skip losses: task rows and general blocks (one forward each per layer)
 
 
@@ -41,6 +42,11 @@ class Structured(Method):
     def label(self, cfg) -> str:
         ablation = cfg.task_aware.ablation
         return "structured" if ablation == "none" else f"structured+{ablation}"
+
+    def settings_label(self, cfg) -> str:
+        s = cfg.structured
+        return f"reduction{s.reduction:g}" + (f"-depth{s.depth:g}" if s.depth else "") + \
+            (f"-heads{s.keep_heads}" if s.keep_heads else "")
 
     def check(self, cfg) -> None:
         if cfg.n_m is not None or cfg.allocation != "uniform":
@@ -128,8 +134,7 @@ class Structured(Method):
                                  if structure["removed_layers"] else ""),
             "MLP width": f"{units['intermediate']} -> {counts['channels_kept']} in every kept layer",
             "attention heads": f"{units['heads']} -> {heads} (KV heads {units['kv_heads']} -> {counts['groups_kept']})",
-            "removed parameters by unit": ", ".join(f"{name.replace('_', ' ')} {share:.0%}"
-                                                    for name, share in removed.items()),
+            "removed parameters by unit": ", ".join(f"{UNIT_NAMES[name]} {share:.0%}" for name, share in removed.items()),
         }
         return PruneResult(
             smaller, compression=f"decoder-linear parameters -{counts['reduction']:.1%} (structured)", sparsity=0.0,

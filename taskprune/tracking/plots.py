@@ -17,7 +17,7 @@ def _pyplot():
 
 def run_name_of(params: Params, task_label: str) -> str:
     prune = params.prune
-    return f"{prune.label}-{prune.allocation}-{prune.pattern.replace(':', 'of')}-{prune.sparsity:g}-{task_label}"
+    return f"{prune.label}-{prune.method_object.settings_label(prune)}-{task_label}"
 
 
 def sparsity_figure(per_layer: dict[str, float], title: str, label: str = "sparsity (fraction of weights zeroed)"):
@@ -75,8 +75,12 @@ def _finish(fig, ax, xlabel: str, ylabel: str, title: str, legend: bool = True):
 def loss_figure(history: list[dict], title: str):
     """Recovery: training loss per step."""
     fig, ax = _pyplot().subplots(figsize=(7, 3.5))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], lw=1)
-    return _finish(fig, ax, "step", "training loss (answer tokens)", f"{title}: recovery", legend=False)
+    steps = [h["step"] for h in history]
+    parts = [key for key in ("answer_loss", "distill_loss") if key in history[0]]
+    ax.plot(steps, [h["loss"] for h in history], lw=1, label="total" if parts else None)
+    for key in parts:  # distillation: the answer loss and the KL to the dense model
+        ax.plot(steps, [h[key] for h in history], lw=1, label=key.replace("_", " "))
+    return _finish(fig, ax, "step", "training loss", f"{title}: recovery", legend=bool(parts))
 
 
 def convergence_figure(search: dict, title: str):
