@@ -24,7 +24,7 @@ ORCHESTRATED = {"search": "flows.ray_search:search_through_prefect"}
 
 @app.command()
 def run(
-    overrides: Annotated[list[str], typer.Option("-S", "--set", help="Override a params.yaml key, e.g. -S prune.sparsity=0.6 (written to params.yaml, like dvc exp run -S)")] = [],  # noqa: B006
+    overrides: Annotated[list[str], typer.Option("-S", "--set", metavar="KEY=VALUE", help="Override a params.yaml key, e.g. -S prune.sparsity=0.6 (written to params.yaml, like dvc exp run -S)")] = [],  # noqa: B006
     service_check: Annotated[bool, typer.Option(help="Check first that MLflow, S3, Ray and Prefect servers answer")] = True,
 ) -> None:
     """Run the whole pipeline as a Prefect flow; finished, unchanged stages are skipped."""
@@ -56,6 +56,10 @@ def stage(name: Annotated[StageName, typer.Argument(help="Stage to run")]) -> No
         getattr(import_module(module), function)(params, project)
     else:
         run_stage(name.value, params, project)
+
+
+# `run` first in the help, then `stage`, then the library's commands
+app.registered_commands.sort(key=lambda command: {"run": 0, "stage": 1}.get(command.callback.__name__, 2))
 
 
 def main() -> None:

@@ -18,6 +18,20 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="TaskPrune: make a language model smaller for one task.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"taskprune {version('taskprune')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                   help="Print the version and exit")] = False) -> None:
+    """TaskPrune: make a language model smaller for one task."""
+
+
 def project_and_params(overrides: list[str] | None = None):
     from taskprune import config
 
@@ -32,8 +46,9 @@ def require_results(project: Project) -> None:
 
 @app.command()
 def register() -> None:
-    """Register the last run's result in MLflow (what the register stage does): finish a run whose
-    registration failed; a result already registered is not registered again."""
+    """Register the last run's result in MLflow (what the register stage does).
+
+    Finishes a run whose registration failed; a result already registered is not registered again."""
     from taskprune.stages import run_stage
 
     project, params = project_and_params()
@@ -44,7 +59,7 @@ def register() -> None:
 @app.command()
 def init(
     directory: Annotated[str, typer.Argument(help="New project directory")],
-    overrides: Annotated[list[str], typer.Option("-S", "--set", help="Set a params.yaml key, e.g. -S task.name=sentiment")] = [],  # noqa: B006
+    overrides: Annotated[list[str], typer.Option("-S", "--set", metavar="KEY=VALUE", help="Set a params.yaml key, e.g. -S task.name=sentiment")] = [],  # noqa: B006
 ) -> None:
     """Create a project: params.yaml and dvc.yaml from this checkout, git and DVC initialised."""
     from pathlib import Path

@@ -68,3 +68,20 @@ def test_a_failing_stage_stops_the_flow_with_its_message(tmp_path, tiny_llama_di
     assert "missing.txt: file not found" in done.stdout + done.stderr
     assert "stage prepare_data failed" in done.stderr
     assert not (project / "artifacts" / "stats").exists()
+
+
+def test_help_lists_run_first_shows_key_value_and_there_is_a_version(capsys):
+    from flows.app import app
+    from taskprune.cli import main
+
+    for argv in (["--help"], ["run", "--help"], ["--version"]):
+        with pytest.raises(SystemExit) as done:
+            main(app, argv)
+        assert done.value.code == 0
+    out = capsys.readouterr().out
+    commands = [line.split()[1] for line in out.splitlines() if line.startswith("│ ") and len(line.split()) > 2
+                and line.split()[1] in {"run", "stage", "register", "init", "report", "show", "methods", "promote",
+                                        "models"}]
+    assert commands[:2] == ["run", "stage"]
+    assert "KEY=VALUE" in out and "list[str]" not in out
+    assert out.rstrip().splitlines()[-1].startswith("taskprune ")
