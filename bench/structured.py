@@ -40,6 +40,8 @@ from taskprune.paths import Project, read_json  # noqa: E402
 from taskprune.stages import run_stage  # noqa: E402
 
 VARIANTS = {"general-only": "general_only", "task-aware": "none"}
+BASELINES = {"sieve": ("sieve + GA", ["prune.method=sieve", "prune.allocation=search"]),
+             "sparsegpt": ("task-aware SparseGPT", ["prune.method=task_aware", "prune.base=sparsegpt"])}
 
 
 def stage(name: str, params, project: Project) -> float:
@@ -88,7 +90,8 @@ def main() -> None:
     parser.add_argument("--recover-train", default="full", choices=["full", "lora"])
     parser.add_argument("--sieve-generations", type=int, default=5)
     parser.add_argument("--no-recover", action="store_true")
-    parser.add_argument("--no-baselines", action="store_true", help="structured only (no sieve, no SparseGPT)")
+    parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINES),
+                        help="the other methods at the same level (none: structured only)")
     parser.add_argument("--decode-rounds", type=int, default=7)
     parser.add_argument("--limit", type=int, help="test examples per task (quick runs; default: all)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/structured.md"))
@@ -137,28 +140,26 @@ def main() -> None:
                     print(json.dumps({"task": task, "seed": seed, "level": level, "dense": dense["task_accuracy"],
                                       **{k[2]: v["task_accuracy"] for k, v in results.items()
                                          if k[:2] == (seed, level)}}), flush=True)
-            if not args.no_baselines:
-                for name, extra in (("sieve + GA", ["prune.method=sieve", "prune.allocation=search",
-                                                    f"search.generations={args.sieve_generations}"]),
-                                    ("task-aware SparseGPT", ["prune.method=task_aware", "prune.base=sparsegpt"])):
-                    project = scratch(Path(tmp) / f"{task}-{name.split()[0]}", home)
-                    params = config.load(project.params_file, base + extra)
-                    stage("prepare_data", params, project)
-                    stage("calibrate", params, project)
-                    if params.prune.method == "sieve":
-                        stage("score", params, project)
-                    for level in args.levels:
-                        run = params.model_copy(deep=True)
-                        run.search.target_reduction = level
-                        run.prune.sparsity = level
-                        if run.prune.method != "sieve":
-                            stage("score", run, project)
-                        seconds[(task, level, name)] = stage("search", run, project)
-                        stage("prune", run, project)
-                        stage("evaluate", run, project)
-                        results[(args.seeds[0], level, name)] = read_json(project.eval_file("pruned"))
-                        keep[f"{name} {level:.0%}"] = shutil.copytree(project.pruned_model,
-                                                                       Path(tmp) / f"{task}-{name[:5]}-{level}")
+            for name, extra in (BASELINES[b] for b in args.baselines):
+                extra = extra + [f"search.generations={args.sieve_generations}"]
+                project = scratch(Path(tmp) / f"{task}-{name.split()[0]}", home)
+                params = config.load(project.params_file, base + extra)
+                stage("prepare_data", params, project)
+                stage("calibrate", params, project)
+                if params.prune.method == "sieve":
+                    stage("score", params, project)
+                for level in args.levels:
+                    run = params.model_copy(deep=True)
+                    run.search.target_reduction = level
+                    run.prune.sparsity = level
+                    if run.prune.method != "sieve":
+                        stage("score", run, project)
+                    seconds[(task, level, name)] = stage("search", run, project)
+                    stage("prune", run, project)
+                    stage("evaluate", run, project)
+                    results[(args.seeds[0], level, name)] = read_json(project.eval_file("pruned"))
+                    keep[f"{name} {level:.0%}"] = shutil.copytree(project.pruned_model,
+                                                                   Path(tmp) / f"{task}-{name[:5]}-{level}")
             structured = {k: v for k, v in keep.items() if k.startswith("structured")}
             speeds = decode_speeds({"dense": home.dense_model, **keep},
                                    {f"{k} (plain transformers)": v for k, v in structured.items()},
@@ -167,7 +168,10 @@ def main() -> None:
             rows.append(dict(task=task, dense=dense, results=results, speeds=speeds,
                              bytes={k: sum(f.stat().st_size for f in v.glob("*.safetensors")) for k, v in keep.items()}))
             print(json.dumps({"task": task, "speeds": {k: round(v, 2) for k, v in speeds.items()}}), flush=True)
+            report(args, rows, seconds, started)  # after every task: a long run keeps what it measured
 
+
+def report(args, rows: list[dict], seconds: dict, started: float) -> None:
     lines = ["| task | model | level | task acc | relative drop | decoder-linear params (x dense) | bytes on disk "
              "(x dense) | decode tokens/s (x dense) | perplexity |", "|---|---|---|---|---|---|---|---|---|"]
     checks = []

@@ -33,5 +33,6 @@ def preflight(project: Project, overrides: list[str], services: bool = True) -> 
     method = params.prune.method_object
     if method.reads_model_config:
         model_config = source_config(source, params.model.revision)
-        method.check_model(params.prune, model_config, architecture_for(model_config.model_type, source.where))
+        method.check_model(params.prune, model_config, architecture_for(model_config.model_type, source.where),
+                           source.where)
     return params

@@ -71,9 +71,10 @@ class Method:
 
     reads_model_config: ClassVar[bool] = False
 
-    def check_model(self, cfg: PruneConfig, model_config, arch) -> None:
-        """With ``reads_model_config``: raise ``TaskPruneError`` for settings this model cannot take (checked
-        before any stage runs; ``model_config`` may be a namespace of the config's main fields)."""
+    def check_model(self, cfg: PruneConfig, model_config, arch, where: str) -> None:
+        """With ``reads_model_config``: raise ``TaskPruneError`` for settings this model (``where``: how the user
+        named it) cannot take; checked before any stage runs (``model_config`` may be a namespace of the
+        config's main fields)."""
 
     def label(self, cfg: PruneConfig) -> str:
         """The method in a word, for run names and tables."""

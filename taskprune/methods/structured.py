@@ -54,10 +54,13 @@ class Structured(Method):
                              "pattern 'unstructured' and allocation 'uniform' (its amount is "
                              "prune.structured.reduction)")
 
-    def check_model(self, cfg, model_config, arch) -> None:
+    def check_model(self, cfg, model_config, arch, where) -> None:
         from taskprune.units import unit_counts
 
-        units = arch.units(model_config)
+        try:
+            units = arch.units(model_config)
+        except TaskPruneError as exc:
+            raise TaskPruneError(f"{where}: {exc} (prune.method structured)") from None
         try:
             unit_counts(units, cfg.structured)
         except ValueError as exc:
