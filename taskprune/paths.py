@@ -158,7 +158,8 @@ class StageTimer:
         return round(time.perf_counter() - self.start, 2)
 
     def done(self, **extra: Any) -> dict:
-        record = {"stage": self.name, "seconds": self.seconds(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+        record = {"stage": self.name, "seconds": self.seconds(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "ended": round(time.time(), 3), **extra}  # ended: seconds since the epoch (MLflow run times)
         write_json(self.project.timings / f"{self.name}.json", record)
         return record
 

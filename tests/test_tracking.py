@@ -123,3 +123,41 @@ def test_registering_the_same_result_twice_reuses_the_version(tmp_path, tiny_lla
     assert (first["version"], again["version"], other["version"]) == ("1", "1", "2")
     assert again["reused"] and again["run_id"] == first["run_id"] and "reused" not in other
     assert len(MlflowClient(tracking_uri=params.tracking.uri).search_model_versions("name='taskprune-capital'")) == 2
+
+
+def test_runs_have_real_stage_times_the_used_params_and_the_version_is_linked_to_its_logged_model(tmp_path,
+                                                                                                  tiny_llama_dir):
+    import json
+
+    from mlflow import MlflowClient
+
+    params = Params.model_validate({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
+    side = {"task_accuracy": 0.7, "perplexity": 10.0, "params": 100, "nonzero_params": 80,
+            "decoder_linear_params": 80, "bytes_on_disk": 400_000_000, "tokens_per_s": 12.0}
+    metrics = {"task": "capital", "method": "wanda", "dense": dict(side, nonzero_params=100),
+               "pruned": dict(side, task_accuracy=0.56, sparsity=0.5), "run_seconds": 90.0}
+    records = {"calibrate": {"stage": "calibrate", "seconds": 20.0, "ended": 1_800_000_020.0},
+               "search": {"stage": "search", "seconds": 0.01, "ended": 1_800_000_021.0, "enabled": False},
+               "evaluate": {"stage": "evaluate", "seconds": 60.0, "ended": 1_800_000_090.0, "device": "cpu"}}
+    result = register_result(params=params, state_dir=tmp_path, task_label="capital", metrics=metrics,
+                             per_matrix=per_matrix_of({"0.mlp.up_proj": 0.5}), stage_records=records,
+                             model_dir=tiny_llama_dir, artifacts=[], lineage_tags={"git_commit": "abc123"})
+    client = MlflowClient(tracking_uri=params.tracking.uri)
+    parent = client.get_run(result["run_id"])
+    assert parent.data.tags["mlflow.source.git.commit"] == "abc123"
+    assert parent.data.tags["mlflow.note.content"].startswith("capital: task accuracy 0.70 -> 0.56, 20% fewer")
+    assert parent.info.start_time == 1_800_000_000_000  # the first stage's start: the parent spans the pipeline
+    assert "prune.sparsity" in parent.data.params
+    assert not [k for k in parent.data.params if k.startswith(("prune.sieve", "prune.structured", "search."))]
+    children = {c.info.run_name: c for c in client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result['run_id']}'")}
+    assert set(children) == {"calibrate", "evaluate"}  # search was off
+    evaluate = children["evaluate"]
+    assert (evaluate.info.start_time, evaluate.info.end_time) == (1_800_000_030_000, 1_800_000_090_000)
+    assert evaluate.data.metrics["task_accuracy"] == 0.56 and evaluate.data.params["device"] == "cpu"
+    version = client.get_model_version("taskprune-capital", result["version"])
+    assert version.description == parent.data.tags["mlflow.note.content"] and "\n" not in version.description
+    [logged] = client.search_logged_models(experiment_ids=[parent.info.experiment_id])
+    assert logged.source_run_id == result["run_id"]
+    links = json.loads(logged.tags["mlflow.modelVersions"])  # as mlflow.register_model writes it
+    assert [(link["name"], str(link["version"])) for link in links] == [("taskprune-capital", result["version"])]

@@ -6,7 +6,9 @@ SQLite file in the project's state directory (artifacts beside it).
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,11 @@ from taskprune.secrets import redact
 from taskprune.models.formats import format_of
 from taskprune.models.loading import load_local
 from taskprune.paths import LORA_DIR
+from taskprune.pipeline import NAMES as STAGE_NAMES
 from taskprune.tracking.plots import run_figures, run_name_of
 
 CHALLENGER = "challenger"
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # on a logged model: the registry versions made from it
 
 
 def tracking_uri(params: Params, state_dir: Path) -> str:
@@ -87,8 +91,16 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
         if earlier is not None:
             return {**earlier, "experiment_id": experiment_id, "tracking_uri": redact(uri), "registered_model": name,
                     "reused": True}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-        mlflow.log_params({k: redact(str(v)) for k, v in flatten(params.model_dump()).items()})
+    summary = result_summary(task_label, metrics)
+    stages = {stage: record for stage, record in stage_records.items() if record.get("enabled") is not False}
+    starts = [_millis(r["ended"] - r.get("seconds", 0)) for r in stages.values() if r.get("ended")]
+    client = MlflowClient()
+    parent = client.create_run(experiment_id, start_time=min(starts) if starts else None, run_name=run_name,
+                               tags={**tags, "mlflow.note.content": summary,
+                                     **({"mlflow.source.git.commit": lineage_tags["git_commit"]}
+                                        if lineage_tags.get("git_commit") else {})})
+    with mlflow.start_run(run_id=parent.info.run_id) as run:  # ends now: the parent spans the whole pipeline
+        mlflow.log_params({k: redact(str(v)) for k, v in used_params(params).items()})
         for side in ("dense", "pruned", "recovered"):
             if side not in metrics:
                 continue
@@ -110,16 +122,12 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
         for path in artifacts:
             if path.exists():
                 mlflow.log_artifact(str(path))
-        for stage, record in stage_records.items():  # one child run per stage, with its wall time
-            with mlflow.start_run(run_name=stage, nested=True, experiment_id=experiment_id):
-                mlflow.log_metric("seconds", float(record.get("seconds", 0.0)))
-                mlflow.log_params({k: redact(str(v)) for k, v in record.items() if k not in ("seconds", "stage")})
-        client = MlflowClient()
+        _log_stage_runs(client, experiment_id, run.info.run_id, stages, metrics)
         if not _registered(client, name):
             client.create_registered_model(name, tags={"task": task_label},
                                            description=f"Pruned models for task {task_label} (TaskPrune)")
         version, model_uri = _new_version(client, name, run.info.run_id, model_dir, "model", tags, metrics["pruned"],
-                                          "pruned", metrics["dense"])
+                                          "pruned", metrics["dense"], summary)
         result = {"version": version, "model_uri": model_uri}
         if recovered_dir is not None and "recovered" in metrics:
             if history:
@@ -128,7 +136,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
                               "recover.merge": str(metrics["recovery"]["merge"])}
             result["recovered_version"], result["recovered_model_uri"] = _new_version(
                 client, name, run.info.run_id, recovered_dir, "model_recovered", recovered_tags,
-                metrics["recovered"], "recovered", metrics["dense"])
+                metrics["recovered"], "recovered", metrics["dense"], result_summary(task_label, metrics, "recovered"))
         newest = result.get("recovered_version", version)
         client.set_registered_model_alias(name, CHALLENGER, newest)
     return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": redact(uri),
@@ -136,7 +144,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
 
 
 def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str, tags: dict, block: dict,
-                 side: str, dense: dict) -> tuple[str, str]:
+                 side: str, dense: dict, description: str) -> tuple[str, str]:
     """Log the model of ``model_dir`` to the active run and register it; returns (version, model uri)."""
     import mlflow
 
@@ -156,8 +164,64 @@ def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str,
                **{f"eval.{k}": str(block[k]) for k in keys},  # side-neutral names, read by the promotion rule
                **{f"dense.{k}": str(dense[k]) for k in keys}}
     version = client.create_model_version(name=name, source=model_uri, run_id=run_id, tags={**tags, **results},
-                                          model_id=model_id)
+                                          model_id=model_id, description=description)
+    if model_id:  # the logged model's page links the version (what mlflow.register_model records)
+        logged = client.get_logged_model(model_id)
+        links = json.loads(logged.tags.get(MODEL_VERSIONS_TAG, "[]")) + [{"name": name, "version": version.version}]
+        client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: json.dumps(links)})
     return str(version.version), model_uri
+
+
+def _millis(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def _log_stage_runs(client, experiment_id: str, parent_id: str, stages: dict[str, dict], metrics: dict) -> None:
+    """One child run per stage that did something, with its real start and end time, its wall time, its
+    settings and, for the evaluation stages, the results of the model it evaluated."""
+    from mlflow.entities import Metric, Param
+
+    from taskprune.pipeline import stage as pipeline_stage
+
+    for name, record in stages.items():
+        ended = record.get("ended")
+        child = client.create_run(experiment_id, run_name=name, tags={"mlflow.parentRunId": parent_id},
+                                  start_time=_millis(ended - record.get("seconds", 0)) if ended else None)
+        now = _millis(ended) if ended else _millis(time.time())
+        side = pipeline_stage(name).options.get("which") if name in STAGE_NAMES else None  # evaluate stages
+        values = {"seconds": float(record.get("seconds", 0.0))}
+        if side and side in metrics:
+            values.update({k: float(v) for k, v in metrics[side].items() if isinstance(v, (int, float))})
+        client.log_batch(child.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()],
+                         params=[Param(k, redact(str(v))) for k, v in record.items()
+                                 if k not in ("seconds", "stage", "ended", "finished")])
+        client.set_terminated(child.info.run_id, end_time=now)
+
+
+def result_summary(task_label: str, metrics: dict, side: str = "pruned") -> str:
+    """One line for a run's and a model version's description: accuracy before and after, size."""
+    dense, model = metrics["dense"], metrics[side]
+    smaller = 1 - model["nonzero_params"] / dense["nonzero_params"] if dense.get("nonzero_params") else 0.0
+    line = (f"{task_label}: task accuracy {dense['task_accuracy']:.2f} -> {model['task_accuracy']:.2f}, "
+            f"{smaller:.0%} fewer non-zero parameters")
+    if model.get("bytes_on_disk") and dense.get("bytes_on_disk"):
+        line += f", {model['bytes_on_disk'] / 1e6:.0f} MB on disk (dense {dense['bytes_on_disk'] / 1e6:.0f} MB)"
+    return line + f" ({metrics['method']})"
+
+
+def used_params(params: Params) -> dict[str, Any]:
+    """The parameters of this run, flattened, without the sections its method does not read (other methods'
+    prune.* sections; search when nothing is searched; recovery's settings when it is off) and empty values."""
+    method = params.prune.method_object
+    plan = method.plan(params.prune)
+    tree = params.model_dump()
+    sections = {"task_aware", "owl", "sparsegpt", "sieve", "structured"}
+    tree["prune"] = {k: v for k, v in tree["prune"].items() if k not in sections or k in plan.sections}
+    if params.prune.allocation != "search" and not plan.always_allocates:
+        tree.pop("search")
+    if not params.recover.enabled:
+        tree["recover"] = {"enabled": False}
+    return {k: v for k, v in flatten(tree).items() if v is not None}
 
 
 def _log_loss_curve(client, run_id: str, history: list[dict]) -> None:
