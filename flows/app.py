@@ -33,10 +33,15 @@ def run(
 
     install_log_filter()  # Prefect's handlers exist now
 
+    from prefect import tags
+
+    from taskprune.data.task import task_label
+
     project = Project.find()
-    preflight(project, list(overrides), services=service_check)  # bad input fails in seconds, before Prefect starts
+    params = preflight(project, list(overrides), services=service_check)  # bad input fails in seconds, first
     started = time.perf_counter()
-    result = pipeline(str(project.root), list(overrides), check_services=False)  # checked just now
+    with tags("taskprune", f"task:{task_label(params)}", f"method:{params.prune.label}"):
+        result = pipeline(str(project.root), list(overrides), check_services=False)  # checked just now
     print_results(result["metrics"], compression_of(project))
     ran = [s for s, state in result["stages"].items() if state == "ran"]
     print(f"this invocation: {time.perf_counter() - started:.0f} s; stages run: {', '.join(ran) or 'none (all up to date)'}")

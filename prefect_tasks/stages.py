@@ -28,7 +28,7 @@ def dvc_environment() -> dict[str, str]:
     return environment
 
 
-@task(name="validate-inputs")
+@task(name="validate-inputs", task_run_name="validate inputs")
 def validate_inputs(project_root: str, overrides: list[str], services: bool = True) -> None:
     """Check params, task rows, the model and (``services``) the servers before anything runs; only then
     write the overrides into params.yaml (as `dvc exp run -S` does)."""
@@ -37,7 +37,7 @@ def validate_inputs(project_root: str, overrides: list[str], services: bool = Tr
     config.write_overrides(project.params_file, overrides)
 
 
-@task(name="task-source-changed")
+@task(name="task-source-changed", task_run_name="check the task file")
 def task_source_changed(project_root: str) -> bool:
     """True when the task file's content differs from what prepare_data last read (DVC only sees params)."""
     project = Project(Path(project_root))
@@ -47,8 +47,11 @@ def task_source_changed(project_root: str) -> bool:
 
 
 @task(name="stage", task_run_name="{stage}")
-def run_stage(stage: str, project_root: str, force: bool = False) -> str:
-    """`dvc repro --single-item STAGE`; returns "ran" or "skipped". Output streams to the console."""
+def run_stage(stage: str, project_root: str, force: bool = False):
+    """`dvc repro --single-item STAGE`; returns "ran", or a Completed state named Skipped with the result
+    "skipped" when DVC found it up to date (the UI shows which stages did work). Output streams to the console."""
+    from prefect.states import Completed
+
     command = [sys.executable, "-m", "dvc", "repro", "--single-item", *(["--force"] if force else []), stage]
     process = subprocess.Popen(command, cwd=project_root, env=dvc_environment(), stdout=subprocess.PIPE,
                                text=True, bufsize=1)
@@ -59,7 +62,9 @@ def run_stage(stage: str, project_root: str, force: bool = False) -> str:
         skipped = skipped or SKIPPED_MARK in line
     if process.wait() != 0:
         raise TaskPruneError(f"stage {stage} failed (exit {process.returncode}); its message is above")
-    return "skipped" if skipped else "ran"
+    if skipped:
+        return Completed(name="Skipped", message="up to date: DVC skipped it", data="skipped")
+    return "ran"
 
 
 @task(name="pipeline-changes")
@@ -80,16 +85,13 @@ def pipeline_changes(project_root: str) -> list[str]:
     return changed
 
 
-@task(name="promote")  # MLflow's client retries (taskprune/retries.py); no second layer here
-def promote_challenger(project_root: str, apply: bool | None = None) -> str | None:
-    """Apply the promotion rule to the newest challenger when ``apply`` (default: params.yaml
-    `promote.auto`); returns the decision as a line."""
+@task(name="promote", task_run_name="promote the challenger")  # MLflow's client retries; no second layer here
+def promote_challenger(project_root: str) -> str:
+    """Apply the promotion rule to the newest challenger; returns the decision as a line."""
     from taskprune.promotion import project_registry, promote
 
     project = Project(Path(project_root))
     params = config.load(project.params_file)
-    if not (params.promote.auto if apply is None else apply):
-        return None
     client, name = project_registry(project, params)
     version, decision = promote(client, name, None, params.promote, project.state / "locks")
     line = f"promotion: {name} version {version}: {'promoted to champion' if decision.promote else 'kept'} " \

@@ -86,6 +86,20 @@ def results_table(metrics: dict, compression: str = "") -> Table:
     return table
 
 
+def results_markdown(metrics: dict, compression: str = "", registration: dict | None = None) -> str:
+    """The results table as markdown (the Prefect flow run's artifact), with where the result is registered."""
+    sides = model_sides(metrics)
+    lines = [f"# {metrics['task']}: {metrics['method']}, {compression}", "",
+             "| metric | " + " | ".join(name for name, _ in sides) + " |", "|---|" + "---:|" * len(sides)]
+    lines += [f"| {label} | " + " | ".join(cell(side, key, fmt) for _, side in sides) + " |" for label, key, fmt in ROWS]
+    lines += ["", *(f"- {line}" for line in (results_table(metrics, compression).caption or "").splitlines() if line)]
+    if registration:
+        version = registration.get("recovered_version", registration["version"])
+        lines += [f"- MLflow: run `{registration['run_id']}` (experiment {registration['experiment_id']}) at "
+                  f"{registration['tracking_uri']}; model `{registration['registered_model']}` version {version}"]
+    return "\n".join(lines) + "\n"
+
+
 def print_results(metrics: dict, compression: str = "") -> None:
     Console().print(results_table(metrics, compression))
 

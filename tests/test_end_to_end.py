@@ -4,6 +4,7 @@ Slow (about 6-8 minutes on 2 cores): run alone with `pytest -m slow tests/test_e
 """
 
 import json
+import sqlite3
 
 import pytest
 
@@ -36,6 +37,17 @@ def test_default_run_then_rerun_skips_everything(tmp_path):
     assert json.loads((project / "artifacts" / "register.json").read_text())["version"] == "1"
     # Wanda 50 % loses far more than the allowed 0.05 accuracy: the rule keeps it out of `champion`
     assert "promotion: taskprune-capital version 1: kept (accuracy" in second.stdout, second.stdout[-3000:]
+    prefect = sqlite3.connect(project / ".taskprune" / "prefect" / "prefect.db")  # the local Prefect store
+    runs = prefect.execute("select id, name, tags from flow_run order by start_time").fetchall()
+    assert [name for _, name, _ in runs] == ["capital-wanda-uniform-unstructured-0.5"] * 2  # named by what it does
+    assert all({"taskprune", "task:capital", "method:wanda"} <= set(json.loads(tags)) for _, _, tags in runs)
+    states = [dict(prefect.execute("select name, state_name from task_run where flow_run_id = ?", (run_id,)))
+              for run_id, _, _ in runs]
+    assert states[0]["calibrate"] == "Completed" and states[1]["calibrate"] == "Skipped"
+    assert "promote the challenger" not in states[0] and states[1]["promote the challenger"] == "Completed"
+    artifacts = prefect.execute("select key, type, data from artifact").fetchall()
+    assert len(artifacts) == 2 and all(key == "taskprune-results" and kind == "markdown" for key, kind, _ in artifacts)
+    assert "| task accuracy |" in json.loads(artifacts[-1][2]) and "taskprune-capital" in json.loads(artifacts[-1][2])
     listed = taskprune(project, "models")
     assert listed.returncode == 0 and "rejected" in listed.stdout and "challenger" in listed.stdout
     report = taskprune(project, "report")
