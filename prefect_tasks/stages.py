@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,6 +20,22 @@ from taskprune.preflight import preflight
 from taskprune.stages import run_stage as run_stage_here
 
 SKIPPED_MARK = "didn't change, skipping"
+# DVC's advice after each stage (git add dvc.lock, autostage, dvc push): kept in the task's log, not on the console
+DVC_HINTS = ("To track the changes with git", "git add dvc.lock", "To enable auto staging", "dvc config core.autostage",
+             "Use `dvc push` to send your updates")
+
+
+def stage_log() -> logging.Logger:
+    """A logger whose records go only to the Prefect API, into the current task run's log (the console already
+    shows the stage's output as it comes)."""
+    from prefect.logging.handlers import APILogHandler
+
+    logger = logging.getLogger("taskprune.stage")
+    if not any(isinstance(handler, APILogHandler) for handler in logger.handlers):
+        logger.addHandler(APILogHandler())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
 
 
 def dvc_environment() -> dict[str, str]:
@@ -55,10 +72,13 @@ def run_stage(stage: str, project_root: str, force: bool = False):
     command = [sys.executable, "-m", "dvc", "repro", "--single-item", *(["--force"] if force else []), stage]
     process = subprocess.Popen(command, cwd=project_root, env=dvc_environment(), stdout=subprocess.PIPE,
                                text=True, bufsize=1)
-    skipped = False
+    skipped, log = False, stage_log()
     for line in process.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
+        if line.strip():
+            log.info(line.rstrip())  # the stage's and DVC's output in the Prefect UI
+        if not any(hint in line for hint in DVC_HINTS):
+            sys.stdout.write(line)
+            sys.stdout.flush()
         skipped = skipped or SKIPPED_MARK in line
     if process.wait() != 0:
         raise TaskPruneError(f"stage {stage} failed (exit {process.returncode}); its message is above")

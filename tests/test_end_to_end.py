@@ -45,6 +45,10 @@ def test_default_run_then_rerun_skips_everything(tmp_path):
               for run_id, _, _ in runs]
     assert states[0]["calibrate"] == "Completed" and states[1]["calibrate"] == "Skipped"
     assert "promote the challenger" not in states[0] and states[1]["promote the challenger"] == "Completed"
+    logs = [m for (m,) in prefect.execute("select l.message from log l join task_run t on l.task_run_id = t.id "
+                                          "where t.name = 'score'")]
+    assert any(m.startswith("masks:") for m in logs)  # the stage's own output is in its task run's log
+    assert "git add dvc.lock" not in first.stdout  # DVC's advice stays out of the console
     artifacts = prefect.execute("select key, type, data from artifact").fetchall()
     assert len(artifacts) == 2 and all(key == "taskprune-results" and kind == "markdown" for key, kind, _ in artifacts)
     assert "| task accuracy |" in json.loads(artifacts[-1][2]) and "taskprune-capital" in json.loads(artifacts[-1][2])
