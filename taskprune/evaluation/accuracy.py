@@ -3,6 +3,7 @@ model passed in memory (``HFLM(pretrained=model)``), and a prior-corrected accur
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -37,7 +38,13 @@ def run_lm_eval(model, tokenizer, test_jsonl: Path, batch_size: int, limit: int 
 
     with tempfile.TemporaryDirectory(prefix="taskprune-lmeval-") as tmp:
         write_task_yaml(Path(tmp), test_jsonl)
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        hf_logger = logging.getLogger("lm_eval.models.huggingface")
+        level = hf_logger.level
+        hf_logger.setLevel(logging.ERROR)  # its warnings about passing a loaded model concern multi-GPU launches
+        try:
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        finally:
+            hf_logger.setLevel(level)
         results = simple_evaluate(
             model=lm,
             tasks=[MC_TASK],
