@@ -108,13 +108,12 @@ def pipeline_changes(project_root: str) -> list[str]:
 @task(name="promote", task_run_name="promote the challenger")  # MLflow's client retries; no second layer here
 def promote_challenger(project_root: str) -> str:
     """Apply the promotion rule to the newest challenger; returns the decision as a line."""
-    from taskprune.promotion import project_registry, promote
+    from taskprune.promotion import project_registry, promote, promotion_line
 
     project = Project(Path(project_root))
     params = config.load(project.params_file)
     client, name = project_registry(project, params)
     version, decision = promote(client, name, None, params.promote, project.state / "locks")
-    line = f"promotion: {name} version {version}: {'promoted to champion' if decision.promote else 'kept'} " \
-           f"({decision.reason})"
+    line = f"promotion: {promotion_line(client, name, version, decision)}"
     print(line)
     return line

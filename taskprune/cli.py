@@ -141,14 +141,12 @@ def promote(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the decision, change nothing")] = False,
 ) -> None:
     """Apply the promotion rule (params.yaml `promote`) and move the `champion` alias if it passes."""
-    from taskprune.promotion import CHAMPION
     from taskprune.promotion import promote as apply_rule
+    from taskprune.promotion import promotion_line
 
     project, params, client, name = registry_client_and_name(name)
     version, decision = apply_rule(client, name, version, params.promote, project.state / "locks", dry_run)
-    verdict = "promote" if decision.promote else "keep"
-    print(f"{name} version {version}: {verdict} ({decision.reason})"
-          + (" [dry run]" if dry_run else (f"; alias {CHAMPION} -> {version}" if decision.promote else "")))
+    print(promotion_line(client, name, version, decision, dry_run))
 
 
 @app.command()

@@ -96,12 +96,29 @@ def promote(client, name: str, version: str | None, rule: PromoteConfig, lock_di
         decision = decide(candidate, champion, rule)
         if not dry_run and not (champion and champion.version == version):  # nothing to record twice
             now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-            for key, value in (("promotion.decision", "promoted" if decision.promote else "rejected"),
+            for key, value in (("promotion.decision", verdict(decision)),
                                ("promotion.reason", decision.reason), ("promotion.at", now)):
                 client.set_model_version_tag(name, version, key, value)
             if decision.promote:
                 client.set_registered_model_alias(name, CHAMPION, version)
     return version, decision
+
+
+def verdict(decision: Decision) -> str:
+    """The decision in the one word used everywhere (CLI, Prefect, the version's tag)."""
+    return "promoted" if decision.promote else "not promoted"
+
+
+def promotion_line(client, name: str, version: str, decision: Decision, dry_run: bool = False) -> str:
+    """``<model> version N: promoted|not promoted (reason); champion: version M``, as the CLI and the flow say it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = f"version {client.get_model_version_by_alias(name, CHAMPION).version}"
+    except MlflowException:
+        champion = "none"
+    return (f"{name} version {version}: {verdict(decision)} ({decision.reason}); {CHAMPION}: {champion}"
+            + (" [dry run: nothing changed]" if dry_run else ""))
 
 
 def list_versions(client, name: str) -> list[dict]:

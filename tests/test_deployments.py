@@ -88,7 +88,7 @@ with get_client(sync_client=True) as c:
     assert first["state"] == "COMPLETED", first
     runs = [json.loads(line) for line in (project / ".taskprune" / "recurring.jsonl").read_text().splitlines()]
     assert runs[-1]["outcome"] == "re-pruned" and runs[-1]["method"] == "task_aware+wanda"
-    assert "promoted to champion" in runs[-1]["promotion"]  # no champion yet and the rule allows any drop
+    assert ": promoted (" in runs[-1]["promotion"]  # no champion yet and the rule allows any drop
     assert (project / "metrics.json").is_file() and (project / "artifacts" / "register.json").is_file()
 
     second = run_once(environment, "taskprune-recurring/capital-wanda-nightly", parameters)

@@ -36,7 +36,8 @@ def test_default_run_then_rerun_skips_everything(tmp_path):
     assert "stages run: none (all up to date)" in second.stdout
     assert json.loads((project / "artifacts" / "register.json").read_text())["version"] == "1"
     # Wanda 50 % loses far more than the allowed 0.05 accuracy: the rule keeps it out of `champion`
-    assert "promotion: taskprune-capital version 1: kept (accuracy" in second.stdout, second.stdout[-3000:]
+    assert "promotion: taskprune-capital version 1: not promoted (accuracy" in second.stdout, second.stdout[-3000:]
+    assert "champion: none" in second.stdout
     prefect = sqlite3.connect(project / ".taskprune" / "prefect" / "prefect.db")  # the local Prefect store
     runs = prefect.execute("select id, name, tags from flow_run order by start_time").fetchall()
     assert [name for _, name, _ in runs] == ["capital-wanda-uniform-unstructured-0.5"] * 2  # named by what it does
@@ -53,7 +54,7 @@ def test_default_run_then_rerun_skips_everything(tmp_path):
     assert len(artifacts) == 2 and all(key == "taskprune-results" and kind == "markdown" for key, kind, _ in artifacts)
     assert "| task accuracy |" in json.loads(artifacts[-1][2]) and "taskprune-capital" in json.loads(artifacts[-1][2])
     listed = taskprune(project, "models")
-    assert listed.returncode == 0 and "rejected" in listed.stdout and "challenger" in listed.stdout
+    assert listed.returncode == 0 and "not promoted" in listed.stdout and "challenger" in listed.stdout
     report = taskprune(project, "report")
     assert report.returncode == 0 and "logged to MLflow run" in report.stdout, report.stderr[-2000:]
     page = (project / "report.html").read_text()

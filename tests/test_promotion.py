@@ -67,7 +67,7 @@ def test_promote_moves_champion_and_records_why(registry):
     version, decision = promote(client, "m", None, RULE, tmp / "locks")
     assert (version, decision.promote) == (worse, False)
     tags = client.get_model_version("m", worse).tags
-    assert tags["promotion.decision"] == "rejected" and "not better" in tags["promotion.reason"]
+    assert tags["promotion.decision"] == "not promoted" and "not better" in tags["promotion.reason"]
     assert str(client.get_model_version_by_alias("m", CHAMPION).version) == first  # stays registered, not champion
     rows = list_versions(client, "m")
     assert [r["version"] for r in rows] == [worse, first] and CHAMPION in rows[1]["aliases"]
