@@ -94,11 +94,13 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
     summary = result_summary(task_label, metrics)
     stages = {stage: record for stage, record in stage_records.items() if record.get("enabled") is not False}
     starts = [_millis(r["ended"] - r.get("seconds", 0)) for r in stages.values() if r.get("ended")]
+    from mlflow.tracking.context.registry import resolve_tags  # user, source: what start_run would add
+
     client = MlflowClient()
     parent = client.create_run(experiment_id, start_time=min(starts) if starts else None, run_name=run_name,
-                               tags={**tags, "mlflow.note.content": summary,
-                                     **({"mlflow.source.git.commit": lineage_tags["git_commit"]}
-                                        if lineage_tags.get("git_commit") else {})})
+                               tags=resolve_tags({**tags, "mlflow.note.content": summary,
+                                                  **({"mlflow.source.git.commit": lineage_tags["git_commit"]}
+                                                     if lineage_tags.get("git_commit") else {})}))
     with mlflow.start_run(run_id=parent.info.run_id) as run:  # ends now: the parent spans the whole pipeline
         mlflow.log_params({k: redact(str(v)) for k, v in used_params(params).items()})
         for side in ("dense", "pruned", "recovered"):
