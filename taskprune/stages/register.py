@@ -20,8 +20,7 @@ def run(params: Params, project: Project) -> None:
     figures = run_figures(inputs["run_name"], inputs["per_matrix"], inputs["search"], inputs["exclusive"],
                           inputs["history"])  # made once: logged to MLflow and inlined in the report
     tags = {"git_commit": git_commit(project), **lineage_hashes(project), **code_tags(project),
-            "sparsity": str(params.prune.sparsity), "pattern": params.prune.pattern, "stats": params.prune.stats,
-            "allocation": params.prune.allocation}
+            "settings": params.prune.method_object.settings_label(params.prune)}  # how much and how, as the method says
     try:
         result = register_result(
             params=params, state_dir=project.state, task_label=metrics["task"], metrics=metrics,
