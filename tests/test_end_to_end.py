@@ -4,7 +4,9 @@ Slow (about 6-8 minutes on 2 cores): run alone with `pytest -m slow tests/test_e
 """
 
 import json
+import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -38,8 +40,12 @@ def test_default_run_then_rerun_skips_everything(tmp_path):
     # Wanda 50 % loses far more than the allowed 0.05 accuracy: the rule keeps it out of `champion`
     assert "promotion: taskprune-capital version 1: not promoted (accuracy" in second.stdout, second.stdout[-3000:]
     assert "champion: none" in second.stdout
-    prefect = sqlite3.connect(project / ".taskprune" / "prefect" / "prefect.db")  # the local Prefect store
-    runs = prefect.execute("select id, name, tags from flow_run order by start_time").fetchall()
+    # the local Prefect store: the project's own, unless this test process already set one (the CLI inherits it)
+    home = Path(os.environ.get("PREFECT_HOME") or project / ".taskprune" / "prefect")
+    prefect = sqlite3.connect(home / "prefect.db")
+    runs = [(run_id, name, tags) for run_id, name, tags, parameters in prefect.execute(
+        "select id, name, tags, parameters from flow_run order by start_time")
+        if json.loads(parameters).get("project_root") == str(project.resolve())]
     assert [name for _, name, _ in runs] == ["capital-wanda-uniform-unstructured-0.5"] * 2  # named by what it does
     assert all({"taskprune", "task:capital", "method:wanda"} <= set(json.loads(tags)) for _, _, tags in runs)
     states = [dict(prefect.execute("select name, state_name from task_run where flow_run_id = ?", (run_id,)))
@@ -50,7 +56,8 @@ def test_default_run_then_rerun_skips_everything(tmp_path):
                                           "where t.name = 'score'")]
     assert any(m.startswith("masks:") for m in logs)  # the stage's own output is in its task run's log
     assert "git add dvc.lock" not in first.stdout  # DVC's advice stays out of the console
-    artifacts = prefect.execute("select key, type, data from artifact").fetchall()
+    artifacts = [(key, kind, data) for key, kind, data, run_id in prefect.execute(
+        "select key, type, data, flow_run_id from artifact") if run_id in {r[0] for r in runs}]
     assert len(artifacts) == 2 and all(key == "taskprune-results" and kind == "markdown" for key, kind, _ in artifacts)
     assert "| task accuracy |" in json.loads(artifacts[-1][2]) and "taskprune-capital" in json.loads(artifacts[-1][2])
     listed = taskprune(project, "models")
