@@ -60,20 +60,29 @@ def _non_layer_modules(model: nn.Module, layers: nn.ModuleList) -> list[nn.Modul
             if id(m) not in layer_ids and not any(True for _ in m.children())]
 
 
-class _Recorder(nn.Module):
-    """Stands in for a decoder layer while the inputs are captured: records the (args, kwargs) the model's own
-    forward gives that layer (its rotary table and mask: layer types differ, as in Gemma-3's sliding and full
-    attention layers) and passes the hidden states on untouched, computing nothing."""
+class LayerStandIn(nn.Module):
+    """Takes a decoder layer's place in the model (``layers[i] = StandIn(layer)``); attributes the model reads
+    from its layers (Gemma-3's attention type) still come from the real layer."""
 
-    def __init__(self, layer: nn.Module, store: list, first: bool, last: bool):
+    def __init__(self, layer: nn.Module):
         super().__init__()
-        self.layer, self.store, self.first, self.last = layer, store, first, last
+        self.layer = layer
 
     def __getattr__(self, name: str):
         try:
             return super().__getattr__(name)
         except AttributeError:  # the model may read the layer's attributes (an attention type)
             return getattr(super().__getattr__("layer"), name)
+
+
+class _Recorder(LayerStandIn):
+    """Stands in for a decoder layer while the inputs are captured: records the (args, kwargs) the model's own
+    forward gives that layer (its rotary table and mask: layer types differ, as in Gemma-3's sliding and full
+    attention layers) and passes the hidden states on untouched, computing nothing."""
+
+    def __init__(self, layer: nn.Module, store: list, first: bool, last: bool):
+        super().__init__(layer)
+        self.store, self.first, self.last = store, first, last
 
     def forward(self, *args, **kwargs):
         hidden = hidden_of(args, kwargs)

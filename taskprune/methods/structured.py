@@ -112,14 +112,14 @@ class Structured(Method):
         return ScoreResult(structure=structure, notes={"reduction": counts.reduction})
 
     def prune(self, params, model, arch, inputs) -> PruneResult:
-        from taskprune.models.architectures.base import Keep
+        from taskprune.models.architectures.base import Keep, Units
 
         structure = inputs.structure()
         keep = Keep(layers=structure["layers"], channels={int(k): v for k, v in structure["channels"].items()},
                     groups={int(k): v for k, v in structure["groups"].items()})
-        units, counts = structure["units"], structure["counts"]
-        share = {"channels": 1 - counts["channels_kept"] / units["intermediate"],
-                 "groups": 1 - counts["groups_kept"] / units["kv_heads"]}
+        units, counts = Units(**structure["units"]), structure["counts"]
+        share = {"channels": 1 - counts["channels_kept"] / units.intermediate,
+                 "groups": 1 - counts["groups_kept"] / units.kv_heads}
         per_matrix = {}
         for key in arch.named_linears(model):
             layer, name = key.split(".", 1)
@@ -129,14 +129,14 @@ class Structured(Method):
         if params.prune.structured.refit:
             self.refit(params.prune, model, arch, keep, units, inputs)
         smaller = arch.shrink(model, keep)
-        removed = self.removed_by_unit(structure)
-        heads = counts["groups_kept"] * units["heads"] // units["kv_heads"]
+        removed = self.removed_by_unit(units, counts)
+        heads = counts["groups_kept"] * units.group_size
         described = {
-            "decoder layers": f"{units['layers']} -> {len(keep.layers)}"
+            "decoder layers": f"{units.layers} -> {len(keep.layers)}"
                               + (f" (removed {', '.join(map(str, structure['removed_layers']))})"
                                  if structure["removed_layers"] else ""),
-            "MLP width": f"{units['intermediate']} -> {counts['channels_kept']} in every kept layer",
-            "attention heads": f"{units['heads']} -> {heads} (KV heads {units['kv_heads']} -> {counts['groups_kept']})",
+            "MLP width": f"{units.intermediate} -> {counts['channels_kept']} in every kept layer",
+            "attention heads": f"{units.heads} -> {heads} (KV heads {units.kv_heads} -> {counts['groups_kept']})",
             "removed parameters by unit": ", ".join(f"{UNIT_NAMES[name]} {share:.0%}" for name, share in removed.items()),
         }
         return PruneResult(
@@ -150,21 +150,21 @@ class Structured(Method):
                        kv_heads=counts["groups_kept"], removed_by_unit=removed), removed=described)
 
     @staticmethod
-    def refit(cfg, model, arch, keep, units: dict, inputs) -> None:
+    def refit(cfg, model, arch, keep, units, inputs) -> None:
         """Kept output-projection columns refitted on the calibration inputs (``units.refit``); the two sides'
         second moments are mixed as the fusion weighs them (``alpha``; one side for its ablation)."""
         from taskprune.lowrank.factors import mixed_moment
+        from taskprune.scoring.task_aware import ablation_sides
         from taskprune.units.refit import head_columns, refit_columns
 
-        ablation = cfg.task_aware.ablation
-        sides = {"general_only": ["general"], "task_only": ["task"]}.get(ablation, list(SIDES))
+        sides = ablation_sides(cfg.task_aware.ablation)
         moments = inputs.moments(sides)
         layers = arch.layers(model)
         for i in keep.layers:
             linears = arch.linears(layers[i])
             for name, columns in ((arch.mlp_output, keep.channels[i]),
-                                  (arch.attention_output, head_columns(keep.groups[i], units["heads"] //
-                                                                       units["kv_heads"], units["head_dim"]))):
+                                  (arch.attention_output, head_columns(keep.groups[i], units.group_size,
+                                                                       units.head_dim))):
                 key = f"{i}.{name}"
                 h = mixed_moment(moments["general"][key] if "general" in moments else None,
                                  moments[sides[-1]][key], cfg.task_aware.alpha if len(sides) == 2 else 0.0)
@@ -173,11 +173,8 @@ class Structured(Method):
                     weight[:, columns] = refit_columns(weight, h, columns, cfg.structured.damp)
 
     @staticmethod
-    def removed_by_unit(structure: dict) -> dict[str, float]:
+    def removed_by_unit(units, counts: dict) -> dict[str, float]:
         """Each unit type's share of the decoder-linear parameters removed: layers, head groups, MLP channels."""
-        from taskprune.models.architectures.base import Units
-
-        units, counts = Units(**structure["units"]), structure["counts"]
         kept = units.layers - counts["layers_removed"]
         amounts = {"layers": counts["layers_removed"] * units.layer_params(),
                    "head_groups": kept * (units.kv_heads - counts["groups_kept"]) * units.group_params,

@@ -4,11 +4,11 @@ dominant side, the rest get the weighted sum (prune.task_aware)."""
 
 from __future__ import annotations
 
-from taskprune.calibration import SIDES
 from taskprune.methods.masking import MaskingMethod
 from taskprune.methods.registry import register
 from taskprune.methods.sparsegpt import obs_settings
-from taskprune.scoring.task_aware import ChannelStats, exclusive_settings, task_aware_scores, task_aware_sparsegpt
+from taskprune.scoring.task_aware import (ChannelStats, ablation_sides, exclusive_settings, task_aware_scores,
+                                          task_aware_sparsegpt)
 
 
 def partition(cfg) -> dict:
@@ -46,7 +46,7 @@ class TaskAware(MaskingMethod):
         return self.scorer(cfg.model_copy(update={"base": "wanda"}), stats)  # OWL: the Wanda-based fusion
 
     def layer_sides(self, cfg) -> list[str]:
-        return {"general_only": ["general"], "task_only": ["task"]}.get(cfg.task_aware.ablation, list(SIDES))
+        return ablation_sides(cfg.task_aware.ablation)
 
     def prune_matrix(self, cfg, weight, hessians, sparsity):
         sides = self.layer_sides(cfg)

@@ -44,6 +44,11 @@ class ChannelStats:
         return rms / rms.mean().clamp_min(EPS)
 
 
+def ablation_sides(ablation: str) -> list[str]:
+    """The calibration sides a fusion setting reads: one for ``general_only``/``task_only``, else both."""
+    return {"general_only": ["general"], "task_only": ["task"]}.get(ablation, ["general", "task"])
+
+
 def exclusive_settings(cfg) -> dict:
     """``partition_channels``'s keyword arguments from ``prune.task_aware`` (a ``TaskAwareConfig``)."""
     return {"exclusive_fraction": cfg.exclusive_fraction if cfg.partition == "fraction" else None,

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from taskprune.calibration.stats_io import SideStats
-from taskprune.calibration.walk import hidden_of
+from taskprune.calibration.walk import LayerStandIn, hidden_of
 from taskprune.models.architectures import Architecture
 from taskprune.models.architectures.base import Units
 
@@ -49,19 +49,8 @@ def unit_importance(model: nn.Module, arch: Architecture, stats: SideStats) -> d
     return out
 
 
-class _Skipped(nn.Module):
-    """Stands in for a decoder layer and returns its input hidden states (the layer is skipped); attributes the
-    model reads from its layers (Gemma-3's attention type) come from the real layer."""
-
-    def __init__(self, layer: nn.Module):
-        super().__init__()
-        self.layer = layer
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(super().__getattr__("layer"), name)
+class _Skipped(LayerStandIn):
+    """Stands in for a decoder layer and returns its input hidden states: the layer is skipped."""
 
     def forward(self, *args, **kwargs):
         return hidden_of(args, kwargs)
