@@ -59,3 +59,32 @@ class Artifacts:
     def allocation(self) -> dict:
         """The search stage's per-matrix allocation (allocation.json)."""
         return read_json(self.project.search / "allocation.json")
+
+
+class HeldArtifacts(Artifacts):
+    """The project's calibration outputs, with one configuration's score (and allocation) held in memory instead
+    of read from artifacts/: target mode prunes at many levels without writing each one's masks or factors."""
+
+    def __init__(self, project: Project, cfg, score, allocation: dict | None = None):
+        super().__init__(project)
+        self.cfg, self.score, self.held_allocation = cfg, score, allocation
+
+    def factors(self) -> dict:
+        return self.score.factors
+
+    def updated_weights(self) -> dict | None:
+        return self.score.weights
+
+    def masks(self) -> dict:
+        return self.score.masks.masks
+
+    def mask_info(self) -> dict:
+        from taskprune.masks.packed import mask_info
+
+        return mask_info(self.cfg, self.score.masks)
+
+    def structure(self) -> dict:
+        return self.score.structure
+
+    def allocation(self) -> dict:
+        return self.held_allocation

@@ -142,16 +142,18 @@ def digest(files: dict[str, Path], extra: str = "") -> str:
     return h.hexdigest()[:20]
 
 
-def stage_code(stage, method, cfg, graph: CodeGraph | None = None) -> dict:
+def stage_code(stage, method, cfg, graph: CodeGraph | None = None, statistics: tuple[str, ...] | None = None,
+               also: tuple = ()) -> dict:
     """What ``stage`` (a pipeline ``Stage``) runs for ``method`` configured by ``cfg`` (``prune.*``): the hash
-    and the modules it covers."""
+    and the modules it covers. Target mode: ``also`` the other methods the run may choose, and ``statistics``
+    all of them need."""
     graph = graph or CodeGraph()
     roots = [stage.function.partition(":")[0]]
     extra = ""
     if stage.method_code == "module":
-        roots.append(type(method).__module__)
+        roots += [type(m).__module__ for m in (method, *also)]
     elif stage.method_code == "statistics":
-        extra = json.dumps({"statistics": list(method.plan(cfg).statistics)}, sort_keys=True)
+        extra = json.dumps({"statistics": list(statistics or method.plan(cfg).statistics)}, sort_keys=True)
     files = graph.closure(graph.module_roots(*roots))
     return {"stage": stage.name, "code": digest(files, extra), "modules": sorted(files),
             **(json.loads(extra) if extra else {})}

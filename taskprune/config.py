@@ -35,7 +35,16 @@ class TaskConfig(_Strict):
     name: str = Field("capital", description="Built-in task, used when `path` is empty")
     path: str | None = Field(None, description="JSONL of {query, choices, gold}: local path or s3://bucket/key")
     calib_fraction: float = Field(0.3, gt=0, lt=1, description="Share of examples used for calibration")
+    validation_fraction: float = Field(0.0, ge=0, lt=1, description="Share of examples held out for choosing the "
+                                       "compression level (target mode); disjoint from calibration and test")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _room_for_test(self) -> TaskConfig:
+        if self.calib_fraction + self.validation_fraction >= 0.9:
+            raise ValueError(f"calib_fraction {self.calib_fraction:g} + validation_fraction "
+                             f"{self.validation_fraction:g} leave less than 10 % of the examples for the test split")
+        return self
 
 
 class GeneralTextConfig(_Strict):
@@ -284,6 +293,49 @@ class TrackingConfig(_Strict):
         return value
 
 
+class TargetConfig(_Strict):
+    """The accuracy budget (target mode): the largest compression of each allowed method whose validation accuracy
+    stays within ``max_accuracy_drop`` of dense, the best of them by ``objective``; see taskprune/target.py."""
+
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, lt=1, description="Largest task-accuracy loss allowed, relative to dense (0.05: keep 95 %); "
+                                      "empty = fixed-level mode (prune.* as set)")
+    max_bytes_fraction: float | None = Field(None, gt=0, le=1, description="Bytes on disk at most this x dense")
+    min_decode_speedup: float | None = Field(None, gt=0, description="Decode tokens/s at least this x dense")
+    methods: list[str] = Field(default_factory=lambda: ["structured", "sieve"],
+                               description="Methods tried, each at its own compression levels")
+    objective: Literal["parameters", "bytes", "speed"] = Field(
+        "parameters", description="Best across methods: most decoder-linear parameters removed, fewest bytes on "
+                                  "disk, or fastest decode")
+    levels: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5],
+                                description="Compression levels tried in order (the method's level: share of "
+                                            "decoder-linear parameters removed, or sparsity)")
+    refine: int = Field(2, ge=0, le=8, description="Bisection steps between the last level within the budget and "
+                                                   "the first outside it")
+    decode_rounds: int = Field(3, ge=0, le=50, description="Decode timing of each point next to dense, rounds "
+                                                           "interleaved (0: not timed)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_accuracy_drop is not None
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        unknown = [name for name in value if name not in _method_names()]
+        if unknown or not value:
+            raise ValueError(f"unknown method(s) {unknown}; methods: {', '.join(_method_names())}" if unknown
+                             else "name at least one method")
+        return list(dict.fromkeys(value))
+
+    @field_validator("levels")
+    @classmethod
+    def _valid_levels(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0 < level < 1 for level in value):
+            raise ValueError(f"levels must be between 0 and 1 (exclusive), got {value}")
+        return sorted(set(value))
+
+
 class Params(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
@@ -294,6 +346,20 @@ class Params(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     promote: PromoteConfig = Field(default_factory=PromoteConfig)
+    target: TargetConfig = Field(default_factory=TargetConfig)
+
+    @model_validator(mode="after")
+    def _target_needs_validation(self) -> Params:
+        if self.target.enabled:
+            if self.task.validation_fraction <= 0:
+                raise ValueError("target.max_accuracy_drop chooses the level on a validation split: set "
+                                 "task.validation_fraction (for example 0.2)")
+            if self.prune.allocation == "search":
+                raise ValueError("target mode searches the compression level with a uniform allocation: set "
+                                 "prune.allocation to uniform (a per-matrix search at every level is not supported)")
+            for name in self.target.methods:
+                _method(name).check(self.prune.model_copy(update={"method": name}))
+        return self
 
 
 def _yaml12():

@@ -71,6 +71,7 @@ ARTIFACTS = {
     "masks": "artifacts/masks",
     "updates": "artifacts/updates",            # updated weights (SparseGPT) or factors (LLM-Sieve)
     "search": "artifacts/search",              # per-matrix allocation from the genetic search
+    "frontier": "artifacts/frontier",          # target mode: every level tried per method, and the choice
     "pruned_model": "artifacts/model/pruned",
     "eval_dense": "artifacts/eval/dense.json",
     "eval_pruned": "artifacts/eval/pruned.json",

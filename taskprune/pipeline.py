@@ -61,16 +61,26 @@ STAGES: tuple[Stage, ...] = (
           outs=(Out("data"),)),
     Stage("calibrate", "taskprune.stages.calibrate:run",
           "the statistics the method asks for, on general and on task text",
-          deps=("dense_model", "data"), params=("calibration.num_samples", "calibration.seq_len", "prune.method"),
+          deps=("dense_model", "data"), params=("calibration.num_samples", "calibration.seq_len", "prune.method",
+                                                "target.max_accuracy_drop", "target.methods"),
           outs=(Out("stats"), Out("moments", cache=False)), method_code="statistics"),
+    Stage("frontier", "taskprune.stages.frontier:run",
+          "target mode: each allowed method's largest compression within the accuracy budget on the validation "
+          "split, and the best of them (the later stages run at that choice); otherwise a stage.json saying it "
+          "is off",
+          deps=("dense_model", "data", "stats", "moments"),
+          params=("target", "prune", "search", "recover", "calibration", "evaluate.batch_size",
+                  "evaluate.decode_tokens"),
+          outs=(Out("frontier"),), method_code="module"),
     Stage("score", "taskprune.stages.score:run",
           "the method's masks, updated weights or factors of every decoder linear",
-          deps=("dense_model", "data", "stats", "moments"), params=("prune",),
+          deps=("dense_model", "data", "stats", "moments", "frontier"), params=("prune",),
           outs=(Out("masks"), Out("updates", cache=False)), method_code="module"),
     Stage("search", "taskprune.stages.search:run",
           "per-matrix levels by a genetic search (prune.allocation: search, or a method that always allocates); "
           "otherwise a stage.json saying it is off",
-          deps=("dense_model", "data", "stats", "masks", "updates"), params=("prune", "search", "recover.max_len"),
+          deps=("dense_model", "data", "stats", "masks", "updates", "frontier"),
+          params=("prune", "search", "recover.max_len"),
           outs=(Out("search"),), method_code="module", orchestrated_when=ray_search),
     Stage("prune", "taskprune.stages.prune:run", "the pruned model, saved in the method's export format",
           deps=("dense_model", "masks", "updates", "search"), outs=(Out("pruned_model", cache=False),),
@@ -82,7 +92,8 @@ STAGES: tuple[Stage, ...] = (
           options={"which": "pruned"}),
     Stage("recover", "taskprune.stages.recover:run",
           "recovery (LoRA or full, optionally distilled) on the calibration split (recover.enabled false: a stage.json saying so)",
-          deps=("pruned_model", "dense_model", "data", "masks", "search"), params=("recover", "calibration"),
+          deps=("pruned_model", "dense_model", "data", "masks", "search", "frontier"),
+          params=("recover", "calibration"),
           outs=(Out("recovered_model", cache=False),)),
     Stage("evaluate_recovered", "taskprune.stages.evaluate:run",
           "the recovered model's evaluation, and metrics.json (dense, pruned, recovered)",
@@ -95,6 +106,11 @@ STAGES: tuple[Stage, ...] = (
 
 NAMES = tuple(stage.name for stage in STAGES)
 WORK = tuple(stage.name for stage in STAGES if not stage.always_run)  # the stages that do the work
+
+
+def after_frontier(name: str) -> bool:
+    """Stages that run at target mode's chosen point (taskprune.target.resolved)."""
+    return order(name) > order("frontier") and name in WORK
 
 
 def stage(name: str) -> Stage:

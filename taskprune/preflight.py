@@ -23,16 +23,23 @@ def preflight(project: Project, overrides: list[str], services: bool = True) -> 
         check_services(params, project)  # a second or two each: before reading a task file from S3
     examples = load_task(params, project)
     try:
-        split(examples, params.task.calib_fraction, params.task.seed)
+        split(examples, params.task.calib_fraction, params.task.seed, params.task.validation_fraction)
     except TaskPruneError as exc:
         where = params.task.path or f"built-in task {params.task.name}"
-        raise TaskPruneError(f"{where}: {exc} (task.calib_fraction {params.task.calib_fraction}: "
-                             "at least 2 rows, one on each side)") from None
+        held = f", task.validation_fraction {params.task.validation_fraction}" \
+            if params.task.validation_fraction else ""
+        raise TaskPruneError(f"{where}: {exc} (task.calib_fraction {params.task.calib_fraction}{held}: "
+                             "at least one row on each side)") from None
     source = resolve_source(params.model.name, project.root, project.downloads)
     check_source(source, params.model.revision)
-    method = params.prune.method_object
-    if method.reads_model_config:
+    methods = [(params.prune.method_object, params.prune)]
+    if params.target.enabled:  # every method target mode may try, each at its own settings
+        methods = [(params.prune.model_copy(update={"method": name}).method_object,
+                    params.prune.model_copy(update={"method": name})) for name in params.target.methods]
+    checked = [(method, cfg) for method, cfg in methods if method.reads_model_config]
+    if checked:
         model_config = source_config(source, params.model.revision)
-        method.check_model(params.prune, model_config, architecture_for(model_config.model_type, source.where),
-                           source.where)
+        arch = architecture_for(model_config.model_type, source.where)
+        for method, cfg in checked:
+            method.check_model(cfg, model_config, arch, source.where)
     return params

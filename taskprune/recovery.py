@@ -25,6 +25,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -133,6 +134,29 @@ class Distillation:
             teacher = self.teacher(input_ids=ids, use_cache=False).logits
         student = model(input_ids=ids, use_cache=False).logits
         return self.weight * distill_loss(student, teacher, torch.ones(ids.shape, dtype=torch.bool, device=device))
+
+
+@dataclass
+class Trainable:
+    """The pruned model made trainable as ``cfg`` says, and how it will be trained (one line)."""
+
+    model: Any
+    parameters: int
+    what: str
+    distill: Distillation | None = None
+
+
+def make_trainable(model, arch, cfg: RecoverConfig, teacher=None, blocks: torch.Tensor | None = None) -> Trainable:
+    """A LoRA adapter on every prunable linear, or every weight; with ``loss: distill`` the dense ``teacher``
+    and the calibration ``blocks`` it is matched on."""
+    trained = lora_model(model, arch, cfg) if cfg.train == "lora" else full_model(model, cfg)
+    count = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    what = f"LoRA r={cfg.rank} on {len(lora_targets(model, arch))} modules" if cfg.train == "lora" else "all weights"
+    distill = None
+    if cfg.loss == "distill":
+        distill = Distillation(teacher, blocks, cfg.distill_weight)
+        what += f", distilled from the dense model on {len(blocks)} task and general text blocks"
+    return Trainable(trained, count, what, distill)
 
 
 def train_recovery(model, tokenizer, train: list[Example], cfg: RecoverConfig, checkpoint_dir: Path,

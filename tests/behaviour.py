@@ -22,7 +22,8 @@ REPO = HERE.parent
 
 BASE = {"calibration.num_samples": 4, "calibration.seq_len": 32, "evaluate.perplexity_docs": 4,
         "evaluate.perplexity_seq_len": 32, "evaluate.decode_tokens": 2, "evaluate.batch_size": 16,
-        "evaluate.limit": 24, "search.population": 4, "search.generations": 2, "search.examples": 8}
+        "evaluate.limit": 24, "search.population": 4, "search.generations": 2, "search.examples": 8,
+        "task.validation_fraction": 0.0, "target.max_accuracy_drop": None}  # fixed-level mode, as recorded
 
 CONFIGS: dict[str, dict] = {
     "magnitude": {"prune.method": "magnitude"},
@@ -67,8 +68,10 @@ def file_hashes(root: Path) -> dict[str, str]:
 
 def stage_calls() -> list[tuple[str, dict]]:
     """The stage order, with evaluate's model option, in this version's spelling."""
-    from taskprune import stages
+    from taskprune import pipeline, stages
 
+    if hasattr(pipeline, "WORK"):  # the pipeline table: every stage but register, in order
+        return [(s, {}) for s in pipeline.WORK if s != "register"]
     order = ["fetch_model", "prepare_data", "calibrate", "score", "search", "prune"]
     names = getattr(stages, "STAGES", ())
     if "evaluate_dense" in names:

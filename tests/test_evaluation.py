@@ -13,7 +13,7 @@ from taskprune.models.loading import load_local
 @pytest.fixture(scope="module")
 def eval_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    _, test = split(builtin.sentiment(0), 0.3, 0)
+    _, _, test = split(builtin.sentiment(0), 0.3, 0)
     write_jsonl(root / "test.jsonl", test[:40])
     with (root / "general.jsonl").open("w") as fh:
         for i in range(4):

@@ -85,17 +85,23 @@ def parse_jsonl(data: bytes, source: str) -> list[Example]:
     return examples
 
 
-def split(examples: list[Example], calib_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Deterministic calibration/test split; rows sharing a ``group`` stay together."""
+def split(examples: list[Example], calib_fraction: float, seed: int,
+          validation_fraction: float = 0.0) -> tuple[list[Example], list[Example], list[Example]]:
+    """Deterministic calibration/validation/test split; rows sharing a ``group`` stay together. The groups are
+    shuffled once: calibration takes the first share, validation the next (none when its fraction is 0, which
+    leaves the calibration/test split as it was before validation existed), test the rest."""
     groups = sorted({ex.group or ex.id for ex in examples})
     random.Random(seed).shuffle(groups)
     n_calib = max(1, round(len(groups) * calib_fraction))
-    if n_calib >= len(groups):
-        raise TaskPruneError(f"task has {len(examples)} examples: too few to split into calibration and test")
-    calib_groups = set(groups[:n_calib])
-    calib = [ex for ex in examples if (ex.group or ex.id) in calib_groups]
-    test = [ex for ex in examples if (ex.group or ex.id) not in calib_groups]
-    return calib, test
+    n_val = max(1, round(len(groups) * validation_fraction)) if validation_fraction > 0 else 0
+    if n_calib + n_val >= len(groups):
+        parts = "calibration, validation and test" if n_val else "calibration and test"
+        raise TaskPruneError(f"task has {len(examples)} examples: too few to split into {parts}")
+    side = {group: 0 for group in groups[:n_calib]} | {group: 1 for group in groups[n_calib:n_calib + n_val]}
+    parts: tuple[list[Example], list[Example], list[Example]] = ([], [], [])
+    for ex in examples:
+        parts[side.get(ex.group or ex.id, 2)].append(ex)
+    return parts
 
 
 def write_jsonl(path: Path, examples: list[Example]) -> None:

@@ -43,12 +43,17 @@ def load_masks(path: Path) -> dict[str, torch.Tensor]:
 def write_mask_files(out: Path, cfg: PruneConfig, result: MaskResult) -> tuple[int, float]:
     """masks.safetensors (packed) and masks.json (how they were made, achieved sparsity) into ``out``;
     returns (weights, sparsity)."""
+    save_masks(out / "masks.safetensors", result.masks)
+    info = mask_info(cfg, result)
+    write_json(out / "masks.json", info)
+    return sum(m.numel() for m in result.masks.values()), info["sparsity"]
+
+
+def mask_info(cfg: PruneConfig, result: MaskResult) -> dict:
+    """What masks.json records: how the masks were made and the sparsity they reach."""
     total = sum(m.numel() for m in result.masks.values())
     overall = 1 - sum(int(m.sum()) for m in result.masks.values()) / total
-    save_masks(out / "masks.safetensors", result.masks)
-    write_json(out / "masks.json", {
-        "method": cfg.method, "base": cfg.base, "stats": cfg.stats, "pattern": cfg.pattern, "allocation": cfg.allocation,
-        "target_sparsity": cfg.sparsity, "sparsity": round(overall, 6), "per_layer": result.sparsity,
-        "layer_target": {str(k): round(v, 6) for k, v in result.layer_target.items()},
-        "exclusive": result.exclusive})
-    return total, overall
+    return {"method": cfg.method, "base": cfg.base, "stats": cfg.stats, "pattern": cfg.pattern,
+            "allocation": cfg.allocation, "target_sparsity": cfg.sparsity, "sparsity": round(overall, 6),
+            "per_layer": result.sparsity, "layer_target": {str(k): round(v, 6) for k, v in result.layer_target.items()},
+            "exclusive": result.exclusive}

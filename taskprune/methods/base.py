@@ -70,6 +70,9 @@ class Method:
         """Raise ``ValueError`` for settings this method cannot use (generic ones are checked in config)."""
 
     reads_model_config: ClassVar[bool] = False
+    # the params.yaml key that sets how much this method compresses; target mode varies it (taskprune/target.py)
+    level_key: ClassVar[str] = "prune.sparsity"
+    level_name: ClassVar[str] = "sparsity"
 
     def check_model(self, cfg: PruneConfig, model_config, arch, where: str) -> None:
         """With ``reads_model_config``: raise ``TaskPruneError`` for settings this model (``where``: how the user

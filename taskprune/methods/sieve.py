@@ -11,6 +11,7 @@ from taskprune.methods.registry import register
 class Sieve(Method):
     name = "sieve"
     summary = "LLM-Sieve: task-aware low-rank factors, a rank per matrix (prune.sieve, search)"
+    level_key, level_name = "search.target_reduction", "share of decoder-linear parameters removed"
 
     def plan(self, cfg) -> Plan:
         return Plan(statistics=("square_sums", "moments"), produces=("factors",), levels="lowrank",

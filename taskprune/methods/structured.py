@@ -33,6 +33,7 @@ class Structured(Method):
     name = "structured"
     summary = "task-aware removal of layers, head groups and MLP channels: a smaller model (prune.structured)"
     reads_model_config = True
+    level_key, level_name = "prune.structured.reduction", "share of decoder-linear parameters removed"
 
     def plan(self, cfg) -> Plan:
         refit = ("moments",) if cfg.structured.refit else ()

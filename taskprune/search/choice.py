@@ -49,3 +49,20 @@ def allocation_summary(space: LevelSpace, genome, values: dict, shapes: dict, ki
                                                            if "calibration_accuracy" in p else {})}
                               for p in result.front])
     return summary
+
+
+UNIFORM_RULE = {"rule": "uniform allocation (prune.allocation: uniform)"}
+
+
+def level_space_of(method, params, model, arch) -> tuple[dict, LevelSpace, dict]:
+    """The matrices' shapes, the method's level space over them and the value of every level."""
+    shapes = {key: tuple(arch.weight(m).shape) for key, m in arch.named_linears(model).items()}
+    space, values = method.level_space(params, shapes)
+    return shapes, space, values
+
+
+def uniform_allocation(method, params, model, arch) -> dict:
+    """allocation.json for the uniform allocation (every matrix at the level the method's target gives)."""
+    shapes, space, values = level_space_of(method, params, model, arch)
+    return allocation_summary(space, space.uniform, values, shapes, method.plan(params.prune).levels,
+                              params.prune.allocation, params.search, UNIFORM_RULE, None)

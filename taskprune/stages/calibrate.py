@@ -7,21 +7,21 @@ from taskprune import tensorfile
 from taskprune.calibration import collect_input_square_sums, save_moments
 from taskprune.calibration.blocks import calibration_blocks
 from taskprune.config import Params
-from taskprune.methods import get_method
 from taskprune.models.loading import load_local, pick_device
 from taskprune.paths import Project, StageTimer, atomic_dir, write_json
+from taskprune.target import statistics_needed
 
 
 def run(params: Params, project: Project) -> None:
     timer = StageTimer(project, "calibrate")
     cfg = params.calibration
-    plan = get_method(params.prune.method).plan(params.prune)
+    statistics = statistics_needed(params)  # target mode: what every method it may try asks for
     device = pick_device(params.model.device)
-    moments = "moments" in plan.statistics
-    influence = "influence" in plan.statistics
+    moments = "moments" in statistics
+    influence = "influence" in statistics
     record = {"device": device, "num_samples": cfg.num_samples, "seq_len": cfg.seq_len, "moments": moments}
     with atomic_dir(project.stats) as out, atomic_dir(project.moments) as moments_out:
-        if plan.statistics:
+        if statistics:
             model, tokenizer, arch = load_local(project.dense_model, "cpu")  # layers are onloaded one at a time
             for side, ids in calibration_blocks(project, cfg, tokenizer).items():
                 started = timer.seconds()

@@ -79,6 +79,13 @@ def build_metrics(params: Params, project: Project, data_info: dict) -> dict:
         "stage_seconds": seconds,
         "run_seconds": round(sum(seconds.values()), 2),
     }
+    frontier_file = project.frontier / "frontier.json"
+    if params.target.enabled and frontier_file.is_file():  # target mode: the budget and the point chosen
+        frontier = read_json(frontier_file)
+        metrics["target"] = {**frontier["budget"], "objective": frontier["objective"],
+                             "dense_validation_accuracy": frontier["dense"]["validation_accuracy"],
+                             "validation_examples": frontier["validation_examples"],
+                             "points": len(frontier["points"]), "choice": frontier["choice"]}
     if pruned_info.get("removed"):  # what a method that removes units removed, in words
         metrics["removed"] = pruned_info["removed"]
     search_file = project.search / "allocation.json"

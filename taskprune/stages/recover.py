@@ -23,8 +23,7 @@ from taskprune.models.loading import load_local, pick_device
 from taskprune.paths import LORA_DIR, Project, StageTimer, atomic_dir, fingerprint, write_json
 from taskprune.pruning import apply_masks
 from taskprune.calibration.blocks import calibration_blocks
-from taskprune.recovery import (Distillation, check_disjoint, full_model, lora_model, lora_targets,
-                                merge_keeping_masks, train_recovery)
+from taskprune.recovery import check_disjoint, make_trainable, merge_keeping_masks, train_recovery
 
 
 def run(params: Params, project: Project) -> None:
@@ -47,18 +46,16 @@ def run(params: Params, project: Project) -> None:
         *(path.read_bytes() for path in structure)))
     model, tokenizer, arch = load_local(project.pruned_model, device)
     config = model.config.to_dict()
-    trained = lora_model(model, arch, cfg) if cfg.train == "lora" else full_model(model, cfg)
-    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
-    what = f"LoRA r={cfg.rank} on {len(lora_targets(model, arch))} modules" if cfg.train == "lora" else "all weights"
-    distill = None
+    teacher = blocks = None
     if cfg.loss == "distill":
         teacher = load_local(project.dense_model, device)[0]
         blocks = calibration_blocks(project, params.calibration, tokenizer)
-        distill = Distillation(teacher, torch.cat([blocks["task"], blocks["general"]]), cfg.distill_weight)
-        what += f", distilled from the dense model on {len(distill.blocks)} task and general text blocks"
+        blocks = torch.cat([blocks["task"], blocks["general"]])
+    made = make_trainable(model, arch, cfg, teacher, blocks)
+    trained, trainable, what = made.model, made.parameters, made.what
     print(f"recover: {what}, {trainable:,} trainable parameters, {cfg.steps} steps on {len(train)} calibration "
           f"rows ({device})")
-    result = train_recovery(trained, tokenizer, train, cfg, checkpoints, device, distill=distill)
+    result = train_recovery(trained, tokenizer, train, cfg, checkpoints, device, distill=made.distill)
     with atomic_dir(project.recovered_model) as out:
         if cfg.merge:
             recovered = merge_keeping_masks(trained, arch, masks)

@@ -24,7 +24,7 @@ from taskprune.methods import get_method
 from taskprune.models.loading import load_local
 from taskprune.paths import Project, StageTimer, atomic_dir, fingerprint, write_json
 from taskprune.search import run_search
-from taskprune.search.choice import allocation_summary, pick_point
+from taskprune.search.choice import UNIFORM_RULE, allocation_summary, level_space_of, pick_point
 from taskprune.search.fitness import make_evaluator, worker_spec
 
 
@@ -41,9 +41,8 @@ def run(params: Params, project: Project, evaluator_factory: Callable | None = N
         return
     cfg = params.search
     model, _, arch = load_local(project.dense_model, "cpu")
-    shapes = {key: tuple(arch.weight(m).shape) for key, m in arch.named_linears(model).items()}
-    space, values = method.level_space(params, shapes)
-    result, choice, genome = None, {"rule": "uniform allocation (prune.allocation: uniform)"}, space.uniform
+    shapes, space, values = level_space_of(method, params, model, arch)
+    result, choice, genome = None, UNIFORM_RULE, space.uniform
     if searching:
         checkpoints = project.state / "checkpoints" / "search-{}".format(fingerprint(
             params.prune.model_dump_json().encode(), cfg.model_dump_json(exclude={"workers", "ray_address"}).encode(),

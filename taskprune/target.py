@@ -1,0 +1,132 @@
+"""Target mode: the user gives an accuracy budget (``target.max_accuracy_drop``, relative to dense, and optionally
+a size or speed floor); TaskPrune finds, for each allowed method, the largest compression level whose
+**validation** accuracy stays within it, and picks the best of those by ``target.objective``.
+
+The level search (``search_levels``) walks the grid ``target.levels`` upwards and stops at the first level outside
+the budget (accuracy falls with compression, so the levels above it are not tried), then bisects ``target.refine``
+times between the last level inside and the first outside. Every point tried is kept (the frontier). The stages
+after ``frontier`` run at the chosen point (``resolved``): the pruned model, its test accuracy, recovery and
+registration are those of that one configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from taskprune.config import Params, set_dotted, validate
+from taskprune.paths import Project, read_json
+
+
+@dataclass
+class Point:
+    """One compression level of one method, measured."""
+
+    method: str
+    level: float
+    validation_accuracy: float
+    reduction: float              # share of the decoder-linear parameters removed (non-zeros for sparse methods)
+    bytes_on_disk: int
+    bytes_fraction: float         # x dense
+    speedup: float | None         # decode tokens/s x dense, timed side by side (None: not timed)
+    within: bool = False          # inside every limit of the budget
+    reasons: list[str] = field(default_factory=list)   # the limits it breaks, in words
+    recovered: bool = False       # measured after recovery
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_methods(params: Params) -> list[str]:
+    """The methods this run may use: target mode's list, else ``prune.method``."""
+    return list(params.target.methods) if params.target.enabled else [params.prune.method]
+
+
+def statistics_needed(params: Params) -> tuple[str, ...]:
+    """The calibration statistics every method of the run asks for, at its settings, in first-asked order."""
+    from taskprune.methods import get_method
+
+    needed: dict[str, None] = {}
+    for name in run_methods(params):
+        needed.update(dict.fromkeys(get_method(name).plan(params.prune.model_copy(update={"method": name})).statistics))
+    return tuple(needed)
+
+
+def at_level(params: Params, method: str, level: float) -> Params:
+    """``params`` with ``prune.method`` = ``method`` at compression ``level`` (the method's ``level_key``)."""
+    from taskprune.methods import get_method
+
+    raw = params.model_dump(mode="json")
+    set_dotted(raw, ["prune", "method"], method)
+    set_dotted(raw, get_method(method).level_key.split("."), round(float(level), 6))
+    return validate(raw, f"target: method {method} at level {level:g}")
+
+
+def judge(point: Point, params: Params, dense_accuracy: float) -> Point:
+    """Mark ``point`` inside or outside the budget, with the limits it breaks."""
+    cfg = params.target
+    floor = dense_accuracy * (1 - cfg.max_accuracy_drop)
+    reasons = []
+    if point.validation_accuracy < floor - 1e-9:
+        reasons.append(f"validation accuracy {point.validation_accuracy:.3f} < {floor:.3f} allowed")
+    if cfg.max_bytes_fraction is not None and point.bytes_fraction > cfg.max_bytes_fraction:
+        reasons.append(f"bytes {point.bytes_fraction:.3f}x dense > {cfg.max_bytes_fraction:g}x allowed")
+    if cfg.min_decode_speedup is not None and (point.speedup or 0.0) < cfg.min_decode_speedup:
+        reasons.append(f"decode {point.speedup or 0:.2f}x dense < {cfg.min_decode_speedup:g}x required")
+    point.reasons, point.within = reasons, not reasons
+    return point
+
+
+def search_levels(measure: Callable[[float], Point], levels: list[float], refine: int) -> list[Point]:
+    """The grid upwards until the first point outside the budget, then ``refine`` bisection steps between the
+    last level inside (or 0) and the first outside. Returns every point measured, in the order measured."""
+    points: list[Point] = []
+    inside, outside = 0.0, None
+    for level in sorted(levels):
+        point = measure(level)
+        points.append(point)
+        if not point.within:
+            outside = level
+            break
+        inside = level
+    for _ in range(refine if outside is not None else 0):
+        level = round((inside + outside) / 2, 4)
+        if level in (inside, outside):
+            break
+        point = measure(level)
+        points.append(point)
+        inside, outside = (level, outside) if point.within else (inside, level)
+    return points
+
+
+OBJECTIVES: dict[str, Callable[[Point], float]] = {
+    "parameters": lambda p: p.reduction,
+    "bytes": lambda p: -p.bytes_fraction,
+    "speed": lambda p: p.speedup or 0.0,
+}
+
+
+def choose(points: list[Point], objective: str) -> tuple[Point, bool]:
+    """The best point inside the budget by ``objective`` (ties: the higher validation accuracy), or, when none
+    is inside, the closest one (the highest validation accuracy). Returns (point, inside the budget)."""
+    inside = [p for p in points if p.within]
+    if inside:
+        return max(inside, key=lambda p: (OBJECTIVES[objective](p), p.validation_accuracy)), True
+    return max(points, key=lambda p: (p.validation_accuracy, -p.level)), False
+
+
+def choice(project: Project) -> dict | None:
+    """The frontier stage's choice (None when target mode was off)."""
+    path = project.frontier / "frontier.json"
+    return read_json(path)["choice"] if path.is_file() else None
+
+
+def resolved(params: Params, project: Project) -> Params:
+    """The parameters of the chosen point in target mode (``params`` itself otherwise)."""
+    if not params.target.enabled:
+        return params
+    chosen = choice(project)
+    if chosen is None:
+        return params
+    return at_level(params, chosen["method"], chosen["level"])

@@ -1,0 +1,126 @@
+"""Target mode: the validation split, the level search, the choice across methods, and a run of the stages on a
+tiny model that ends at the chosen point (or registers nothing when no point is within the budget)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_general_text
+from taskprune import config
+from taskprune.data import builtin
+from taskprune.data.schema import split
+from taskprune.errors import TaskPruneError
+from taskprune.target import Point, at_level, choose, judge, search_levels, statistics_needed
+
+
+def _point(level: float, accuracy: float, **extra) -> Point:
+    return Point(method="structured", level=level, validation_accuracy=accuracy, reduction=level,
+                 bytes_on_disk=int(1000 * (1 - level)), bytes_fraction=1 - level, speedup=1 + level, **extra)
+
+
+def test_the_validation_split_is_disjoint_and_leaves_the_old_split_alone_when_off():
+    rows = builtin.capital(0)
+    calib, validation, test = split(rows, 0.3, 0, 0.2)
+    groups = [{ex.group or ex.id for ex in part} for part in (calib, validation, test)]
+    assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])
+    assert len(calib) + len(validation) + len(test) == len(rows)
+    assert len(groups[1]) == round(len({ex.group or ex.id for ex in rows}) * 0.2)
+    old_calib, none, old_test = split(rows, 0.3, 0)
+    assert none == [] and old_calib == calib  # calibration rows do not move when validation is carved
+    assert {ex.id for ex in old_test} == {ex.id for ex in validation + test}
+    with pytest.raises(TaskPruneError, match="calibration, validation and test"):
+        split(rows[:3], 0.3, 0, 0.4)
+
+
+def test_target_settings_are_checked():
+    with pytest.raises(TaskPruneError, match="task.validation_fraction"):
+        config.validate({"target": {"max_accuracy_drop": 0.05}}, "params.yaml")
+    with pytest.raises(TaskPruneError, match="prune.allocation to uniform"):
+        config.validate({"target": {"max_accuracy_drop": 0.05}, "task": {"validation_fraction": 0.2},
+                         "prune": {"allocation": "search", "method": "sieve"}}, "params.yaml")
+    with pytest.raises(TaskPruneError, match=r"target.methods: .*unknown method"):
+        config.validate({"target": {"methods": ["nope"]}}, "params.yaml")
+    with pytest.raises(TaskPruneError, match="less than 10 %"):
+        config.validate({"task": {"calib_fraction": 0.7, "validation_fraction": 0.25}}, "params.yaml")
+    params = config.validate({"target": {"max_accuracy_drop": 0.05, "levels": [0.4, 0.2]},
+                              "task": {"validation_fraction": 0.2}}, "params.yaml")
+    assert params.target.levels == [0.2, 0.4]
+    assert set(statistics_needed(params)) == {"square_sums", "moments", "influence"}  # structured + sieve
+    sieve = at_level(params, "sieve", 0.3)
+    assert sieve.prune.method == "sieve" and sieve.search.target_reduction == 0.3
+    structured = at_level(params, "structured", 0.35)
+    assert structured.prune.structured.reduction == 0.35
+    assert at_level(params, "wanda", 0.6).prune.sparsity == 0.6
+
+
+def test_the_level_search_stops_at_the_first_failure_then_bisects():
+    params = config.validate({"target": {"max_accuracy_drop": 0.1}, "task": {"validation_fraction": 0.2}}, "p")
+    measured = []
+
+    def measure(level):  # accuracy falls linearly: 0.8 at 0, 0.4 at 1; the budget allows 0.72 (level 0.2)
+        measured.append(level)
+        return judge(_point(level, round(0.8 - 0.4 * level, 6)), params, 0.8)
+
+    points = search_levels(measure, [0.1, 0.3, 0.5, 0.7], refine=2)
+    assert measured == [0.1, 0.3, 0.2, 0.25]  # 0.5 and 0.7 are never tried
+    assert [p.within for p in points] == [True, False, True, False]
+    best, inside = choose(points, "parameters")
+    assert inside and best.level == 0.2
+    assert "validation accuracy 0.700 < 0.720 allowed" in points[-1].reasons[0]
+
+
+def test_the_choice_follows_the_objective_and_says_when_nothing_fits():
+    a = _point(0.3, 0.8, within=True)
+    b = Point(method="sieve", level=0.4, validation_accuracy=0.79, reduction=0.4, bytes_on_disk=900,
+              bytes_fraction=0.9, speedup=0.8, within=True)
+    assert choose([a, b], "parameters")[0] is b
+    assert choose([a, b], "bytes")[0] is a and choose([a, b], "speed")[0] is a
+    closest, inside = choose([_point(0.1, 0.5), _point(0.2, 0.6)], "parameters")
+    assert not inside and closest.level == 0.2
+    params = config.validate({"target": {"max_accuracy_drop": 0.5, "min_decode_speedup": 1.5,
+                                         "max_bytes_fraction": 0.5}, "task": {"validation_fraction": 0.2}}, "p")
+    judged = judge(_point(0.3, 0.8), params, 0.8)
+    assert not judged.within and len(judged.reasons) == 2  # bytes 0.7x and decode 1.3x break the limits
+
+
+@pytest.fixture(scope="module")
+def target_run(tiny_llama_dir, tmp_path_factory):
+    """The stages in pipeline order on a tiny Llama in target mode: structured and sieve, two grid levels and
+    one bisection step, recovery in the loop; a generous budget so some point fits."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import behaviour
+    from taskprune.paths import Project
+
+    tmp = tmp_path_factory.mktemp("target")
+    task = tmp / "task.jsonl"
+    task.write_text("".join(json.dumps(ex.to_row()) + "\n" for ex in builtin.sentiment(0)[:80]))
+    settings = {"task.validation_fraction": 0.25, "target.max_accuracy_drop": 0.5, "target.levels": [0.2, 0.6],
+                "target.refine": 1, "target.decode_rounds": 1, "recover.enabled": True, "recover.steps": 2,
+                "recover.batch_size": 4, "recover.train": "full", "prune.structured.refit": False,
+                "tracking.uri": f"sqlite:///{tmp / 'mlflow.db'}"}
+    behaviour.run_config(tmp, "run", settings, tiny_llama_dir, task, write_general_text(tmp / "general.txt"))
+    return Project(tmp / "run")
+
+
+@pytest.mark.slow
+def test_a_target_run_builds_the_chosen_point(target_run):
+    project = target_run
+    frontier = json.loads((project.frontier / "frontier.json").read_text())
+    methods = {p["method"] for p in frontier["points"]}
+    assert methods == {"structured", "sieve"} and all(p["recovered"] for p in frontier["points"])
+    choice = frontier["choice"]
+    inside = [p for p in frontier["points"] if p["within"]]
+    assert choice["within_budget"] == bool(inside)
+    if inside:
+        assert choice["reduction"] == max(p["reduction"] for p in inside)
+    data = json.loads((project.data / "stage.json").read_text())
+    assert data["validation_examples"] == frontier["validation_examples"] > 0
+    metrics = json.loads(project.metrics.read_text())
+    assert metrics["method"].startswith(choice["method"])
+    removed = 1 - metrics["pruned"]["decoder_linear_params"] / metrics["dense"]["decoder_linear_params"]
+    assert removed == pytest.approx(choice["reduction"], abs=1e-6)  # the model built is the point chosen
+    assert metrics["target"]["choice"] == choice and metrics["target"]["dense_validation_accuracy"] > 0
+    points = json.loads((project.frontier / "points.json").read_text())  # dvc plots reads this
+    assert len(points) == len(frontier["points"]) and {"level", "validation_accuracy"} <= set(points[0])
