@@ -14,7 +14,7 @@ from prefect import task
 from taskprune import config
 from taskprune.data.task import recorded_fingerprint, source_fingerprint
 from taskprune.errors import TaskPruneError
-from taskprune.paths import Project
+from taskprune.paths import Project, read_json
 from taskprune.pipeline import STAGES
 from taskprune.preflight import preflight
 from taskprune.stages import run_stage as run_stage_here
@@ -112,6 +112,10 @@ def promote_challenger(project_root: str) -> str:
 
     project = Project(Path(project_root))
     params = config.load(project.params_file)
+    if project.registration.is_file() and read_json(project.registration).get("version", "") is None:
+        line = "promotion: nothing to promote (this run registered no model: none was within the accuracy budget)"
+        print(line)
+        return line
     client, name = project_registry(project, params)
     version, decision = promote(client, name, None, params.promote, project.state / "locks")
     line = f"promotion: {promotion_line(client, name, version, decision)}"

@@ -153,6 +153,13 @@ def dvc_stage(entry: Stage) -> dict:
     return spec
 
 
+# `dvc plots show`: target mode's frontier (every point tried; artifacts/frontier/points.json)
+PLOTS = ({f"{ARTIFACTS['frontier']}/points.json": {
+    "x": "reduction", "y": "validation_accuracy", "template": "scatter",
+    "title": "Accuracy budget: validation accuracy per point tried",
+    "x_label": "share of decoder-linear parameters removed", "y_label": "validation accuracy"}},)
+
+
 def dvc_yaml() -> str:
     """The text of dvc.yaml: one entry per stage, each running `taskprune stage NAME`."""
     import textwrap
@@ -166,6 +173,7 @@ def dvc_yaml() -> str:
         body = yaml.safe_dump({entry.name: dvc_stage(entry)}, sort_keys=False, width=110).rstrip().splitlines()
         about = [f"    # {line}" for line in textwrap.wrap(entry.about, 100)]
         lines += [f"  {body[0]}", *about] + [f"  {line}" for line in body[1:]]
+    lines += yaml.safe_dump({"plots": list(PLOTS)}, sort_keys=False, width=110).rstrip().splitlines()
     return "\n".join(lines) + "\n"
 
 

@@ -49,6 +49,26 @@ def recovery_result(recovery: dict, metrics: dict) -> str:
     return merged + (", mask re-applied" if metrics["pruned"].get("sparsity") else "")
 
 
+def target_answer(metrics: dict) -> str | None:
+    """Target mode's answer in one line, the first thing the table shows (None in fixed-level mode)."""
+    target = metrics.get("target")
+    if not target:
+        return None
+    chosen, budget = target["choice"], f"{target['max_accuracy_drop']:.0%}"
+    final = metrics.get("recovered", metrics["pruned"])
+    dense = metrics["dense"]
+    if not chosen["within_budget"]:
+        return (f"no model within {budget} of dense accuracy among {target['points']} points tried: the closest, "
+                f"{chosen['method']} with {chosen['reduction']:.0%} fewer decoder-linear parameters, reached "
+                f"validation accuracy {chosen['validation_accuracy']:.3f} (at least "
+                f"{target['min_validation_accuracy']:.3f} allowed); built and evaluated, not registered")
+    speed = f", {chosen['speedup']:.2f}x decode" if chosen.get("speedup") else ""
+    return (f"smallest model within {budget} of dense accuracy ({chosen['method']}): {chosen['reduction']:.0%} fewer "
+            f"decoder-linear parameters{speed}, {final['bytes_on_disk'] / 1e6:.0f} MB on disk (dense "
+            f"{dense['bytes_on_disk'] / 1e6:.0f} MB); test accuracy {final['task_accuracy']:.3f} vs dense "
+            f"{dense['task_accuracy']:.3f}")
+
+
 def model_sides(metrics: dict) -> list[tuple[str, dict]]:
     """The table's columns: the dense, the pruned and (when recovery ran) the recovered model."""
     sides = [("dense", metrics["dense"]), ("pruned", metrics["pruned"])]
@@ -89,11 +109,15 @@ def results_table(metrics: dict, compression: str = "") -> Table:
 def results_markdown(metrics: dict, compression: str = "", registration: dict | None = None) -> str:
     """The results table as markdown (the Prefect flow run's artifact), with where the result is registered."""
     sides = model_sides(metrics)
-    lines = [f"# {metrics['task']}: {metrics['method']}, {compression}", "",
+    answer = target_answer(metrics)
+    lines = [f"# {metrics['task']}: {metrics['method']}, {compression}", "", *([f"**{answer}**", ""] if answer else []),
              "| metric | " + " | ".join(name for name, _ in sides) + " |", "|---|" + "---:|" * len(sides)]
     lines += [f"| {label} | " + " | ".join(cell(side, key, fmt) for _, side in sides) + " |" for label, key, fmt in ROWS]
     lines += ["", *(f"- {line}" for line in (results_table(metrics, compression).caption or "").splitlines() if line)]
-    if registration:
+    if registration and registration["version"] is None:
+        lines += [f"- MLflow: run `{registration['run_id']}` at {registration['tracking_uri']}; not registered: "
+                  f"{registration['not_registered']}"]
+    elif registration:
         version = registration.get("recovered_version", registration["version"])
         lines += [f"- MLflow: run `{registration['run_id']}` (experiment {registration['experiment_id']}) at "
                   f"{registration['tracking_uri']}; model `{registration['registered_model']}` version {version}"]
@@ -101,7 +125,11 @@ def results_markdown(metrics: dict, compression: str = "", registration: dict | 
 
 
 def print_results(metrics: dict, compression: str = "") -> None:
-    Console().print(results_table(metrics, compression))
+    console = Console()
+    answer = target_answer(metrics)
+    if answer:
+        console.print(answer, style="bold", highlight=False)
+    console.print(results_table(metrics, compression))
 
 
 # -- the HTML report (taskprune report; also logged to MLflow by the register stage) -------------------
@@ -116,6 +144,7 @@ img { max-width: 100%; border: 1px solid #eee; margin: .4em 0; } .meta { color: 
 </style></head><body>
 <h1>TaskPrune: {{ title }}</h1>
 <p class="meta">{{ subtitle }}</p>
+{% if answer %}<p><strong>{{ answer }}</strong></p>{% endif %}
 <h2>Results</h2>
 <table><tr><th>metric</th>{% for name in sides %}<th>{{ name }}</th>{% endfor %}</tr>
 {% for label, cells in rows %}<tr><td>{{ label }}</td>{% for c in cells %}<td class="num">{{ c }}</td>{% endfor %}</tr>
@@ -123,6 +152,14 @@ img { max-width: 100%; border: 1px solid #eee; margin: .4em 0; } .meta { color: 
 {% if notes %}<ul>{% for n in notes %}<li>{{ n }}</li>{% endfor %}</ul>{% endif %}
 {% for caption, png in figures %}<h2>{{ caption }}</h2><img alt="{{ caption }}" src="data:image/png;base64,{{ png }}">
 {% endfor %}
+{% if points %}<h2>Accuracy budget: every point tried</h2>
+<table><tr><th>method</th><th>level</th><th>validation accuracy</th><th>parameters removed</th><th>bytes x dense</th>
+<th>decode x dense</th><th>within the budget</th></tr>
+{% for p in points %}<tr><td>{{ p.method }}</td><td class="num">{{ p.level }}</td>
+<td class="num">{{ "%.3f"|format(p.validation_accuracy) }}</td><td class="num">{{ "%.1f%%"|format(100 * p.reduction) }}</td>
+<td class="num">{{ "%.3f"|format(p.bytes_fraction) }}</td>
+<td class="num">{{ "%.2f"|format(p.speedup) if p.speedup is not none else "n/a" }}</td>
+<td>{{ "yes" if p.within else "no: " ~ p.reasons|join("; ") }}</td></tr>{% endfor %}</table>{% endif %}
 {% if front %}<h2>Pareto front (table)</h2>
 <table><tr>{% for k in front[0] %}<th>{{ k }}</th>{% endfor %}</tr>
 {% for p in front %}<tr>{% for k in front[0] %}<td class="num">{{ p[k] }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
@@ -136,7 +173,7 @@ img { max-width: 100%; border: 1px solid #eee; margin: .4em 0; } .meta { color: 
 CAPTIONS = {"sparsity_per_layer": "Sparsity per layer", "reduction_per_matrix": "Parameters removed per matrix",
             "exclusive_channels": "Task- and general-exclusive input channels",
             "search_convergence": "Genetic search: convergence", "pareto_front": "Genetic search: Pareto front",
-            "recovery_loss": "Recovery: loss"}
+            "recovery_loss": "Recovery: loss", "frontier": "Accuracy budget: validation accuracy per level tried"}
 
 
 def _png(figure) -> str:
@@ -153,7 +190,7 @@ def _png(figure) -> str:
 
 def html_report(metrics: dict, per_matrix: dict, run_name: str, *, compression: str = "", search: dict | None = None,
                 exclusive: dict | None = None, history: list[dict] | None = None,
-                registration: dict | None = None, figures: dict | None = None) -> str:
+                registration: dict | None = None, figures: dict | None = None, frontier: dict | None = None) -> str:
     """One self-contained HTML page (figures inlined as PNG) for a run; ``figures`` (``run_figures`` of
     the same run) when the caller has made them already."""
     import datetime as dt
@@ -166,15 +203,16 @@ def html_report(metrics: dict, per_matrix: dict, run_name: str, *, compression: 
     rows = [(label, [cell(side, key, fmt) for _, side in sides]) for label, key, fmt in ROWS]
     caption = results_table(metrics, compression).caption or ""
     notes = [line for line in caption.splitlines()[1:] if line]  # search and recovery lines
+    answer = target_answer(metrics)
     subtitle = f"method {metrics['method']}, task {metrics['task']}; report written " \
                f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
-    if registration:
+    if registration and registration["version"] is not None:
         subtitle += (f"; registered as {registration['registered_model']} version "
                      f"{registration.get('recovered_version', registration['version'])}, MLflow run {registration['run_id']}")
     if figures is None:
-        figures = run_figures(run_name, per_matrix, search, exclusive, history)
+        figures = run_figures(run_name, per_matrix, search, exclusive, history, frontier)
     figures = [(CAPTIONS.get(path.split("/")[-1][:-4], path), _png(fig)) for path, fig in figures.items()]
     return Environment(autoescape=True).from_string(HTML).render(
-        title=run_name, subtitle=subtitle, sides=[name for name, _ in sides], rows=rows, notes=notes, figures=figures,
+        title=run_name, subtitle=subtitle, answer=answer, points=(frontier or {}).get("points"), sides=[name for name, _ in sides], rows=rows, notes=notes, figures=figures,
         front=(search or {}).get("front"),
         stages=sorted(metrics.get("stage_seconds", {}).items(), key=lambda item: (order(item[0]), item[0])))

@@ -124,3 +124,40 @@ def test_a_target_run_builds_the_chosen_point(target_run):
     assert metrics["target"]["choice"] == choice and metrics["target"]["dense_validation_accuracy"] > 0
     points = json.loads((project.frontier / "points.json").read_text())  # dvc plots reads this
     assert len(points) == len(frontier["points"]) and {"level", "validation_accuracy"} <= set(points[0])
+
+
+@pytest.mark.slow
+def test_the_frontier_is_logged_and_nothing_outside_the_budget_is_registered(target_run):
+    from mlflow import MlflowClient
+
+    from taskprune import config as cfg
+    from taskprune.stages import run_stage
+    from taskprune.tracking import tracking_uri
+
+    project = target_run
+    run_stage("register", cfg.load(project.params_file), project)
+    registered = json.loads(project.registration.read_text())
+    frontier = json.loads((project.frontier / "frontier.json").read_text())
+    client = MlflowClient(tracking_uri(cfg.load(project.params_file), project.state))
+    children = client.search_runs([registered["experiment_id"]],
+                                  f"tags.mlflow.parentRunId = '{registered['run_id']}' and tags.taskprune.frontier = 'true'")
+    assert len(children) == len(frontier["points"])
+    chosen = [r for r in children if r.data.tags["taskprune.chosen"] == "true"]
+    assert len(chosen) == 1 and chosen[0].data.params["method"] == frontier["choice"]["method"]
+    assert {"validation_accuracy", "reduction", "bytes_fraction", "within_budget"} <= set(chosen[0].data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(registered["run_id"], "plots")}
+    assert "plots/frontier.png" in artifacts
+    assert (registered["version"] is not None) == frontier["choice"]["within_budget"]
+
+    # a speed floor no tiny model reaches: no point fits, the closest is built, nothing is registered
+    cfg.write_overrides(project.params_file, ["target.min_decode_speedup=100", "target.levels=[0.2]",
+                                              "target.refine=0", "recover.enabled=false"])
+    from taskprune.pipeline import WORK
+    for name in WORK[WORK.index("frontier"):]:
+        run_stage(name, cfg.load(project.params_file), project)
+    frontier = json.loads((project.frontier / "frontier.json").read_text())
+    assert not frontier["choice"]["within_budget"] and all("decode" in p["reasons"][-1] for p in frontier["points"])
+    registered = json.loads(project.registration.read_text())
+    assert registered["version"] is None and "accuracy budget" in registered["not_registered"]
+    from taskprune.report import target_answer
+    assert target_answer(json.loads(project.metrics.read_text())).startswith("no model within 50% of dense accuracy")

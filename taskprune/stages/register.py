@@ -18,7 +18,7 @@ def run(params: Params, project: Project) -> None:
     inputs = load_result(params, project)
     metrics = inputs["metrics"]
     figures = run_figures(inputs["run_name"], inputs["per_matrix"], inputs["search"], inputs["exclusive"],
-                          inputs["history"])  # made once: logged to MLflow and inlined in the report
+                          inputs["history"], inputs["frontier"])  # made once: logged to MLflow and inlined in the report
     tags = {"git_commit": git_commit(project), **lineage_hashes(project), **code_tags(project),
             "settings": params.prune.method_object.settings_label(params.prune)}  # how much and how, as the method says
     try:
@@ -29,7 +29,7 @@ def run(params: Params, project: Project) -> None:
                        project.dvc_lock, project.params_file],
             lineage_tags=tags, exclusive=inputs["exclusive"],
             recovered_dir=project.recovered_model if "recovered" in metrics else None,
-            history=inputs["history"], search=inputs["search"], figures=figures,
+            history=inputs["history"], search=inputs["search"], figures=figures, frontier=inputs["frontier"],
             report_html=html_report(**inputs, figures=figures), result_key=result_key(project))
     except Exception as exc:  # MLflow (or its artifact store) down or failing after its own retries
         if not is_tracking_failure(exc):
@@ -41,6 +41,9 @@ def run(params: Params, project: Project) -> None:
             "when the server is back; a result is never registered twice.") from None
     write_json(project.registration, result)
     timer.done(version=result["version"])
+    if result["version"] is None:
+        print(f"not registered: {result['not_registered']}; MLflow run {result['run_id']} at {result['tracking_uri']}")
+        return
     how = "already registered (an earlier attempt): reusing" if result.get("reused") else "registered"
     print(f"{how} {result['registered_model']} version {result['version']}, run {result['run_id']} "
           f"at {result['tracking_uri']}")

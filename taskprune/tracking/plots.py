@@ -104,12 +104,34 @@ def pareto_figure(search: dict, title: str):
     return _finish(fig, ax, "size (fraction of the dense decoder linears)", "fitness", f"{title}: Pareto front")
 
 
+def frontier_figure(frontier: dict, title: str):
+    """Target mode: validation accuracy against parameters removed, one curve per method, the budget line, the
+    dense model at 0 and the chosen point marked."""
+    fig, ax = _pyplot().subplots(figsize=(6.5, 4.2))
+    dense = frontier["dense"]["validation_accuracy"]
+    for method in dict.fromkeys(p["method"] for p in frontier["points"]):
+        points = sorted((p for p in frontier["points"] if p["method"] == method), key=lambda p: p["reduction"])
+        ax.plot([0.0] + [p["reduction"] for p in points], [dense] + [p["validation_accuracy"] for p in points],
+                marker="o", label=method)
+    floor = frontier["budget"]["min_validation_accuracy"]
+    ax.axhline(floor, color="red", ls="--", lw=1,
+               label=f"budget: {frontier['budget']['max_accuracy_drop']:.0%} below dense ({floor:.3f})")
+    chosen = frontier["choice"]
+    ax.scatter([chosen["reduction"]], [chosen["validation_accuracy"]], s=220, marker="*", color="gold",
+               edgecolor="black", zorder=5, label=f"chosen: {chosen['method']} at {chosen['level']:g}"
+               + ("" if chosen["within_budget"] else " (outside the budget)"))
+    return _finish(fig, ax, "share of decoder-linear parameters removed", "validation accuracy",
+                   f"{title}: accuracy budget")
+
+
 def run_figures(run_name: str, per_matrix: dict, search: dict | None = None,
-                exclusive: dict | None = None, history: list[dict] | None = None) -> dict:
+                exclusive: dict | None = None, history: list[dict] | None = None,
+                frontier: dict | None = None) -> dict:
     """Artifact path -> figure, for every plot this run has. ``per_matrix``: what the method reports per
     decoder matrix (``name``, ``title``, ``quantity``, ``values``; the pruned model's stage.json)."""
-    figures = {f"plots/{per_matrix['name']}.png": sparsity_figure(
-        per_matrix["values"], f"{run_name}: {per_matrix['title']}", per_matrix["quantity"])}
+    figures = {"plots/frontier.png": frontier_figure(frontier, run_name)} if frontier else {}
+    figures[f"plots/{per_matrix['name']}.png"] = sparsity_figure(
+        per_matrix["values"], f"{run_name}: {per_matrix['title']}", per_matrix["quantity"])
     if exclusive:
         figures["plots/exclusive_channels.png"] = exclusive_figure(exclusive, f"{run_name}: exclusive channels")
     if search and search.get("history"):

@@ -68,13 +68,16 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
                     lineage_tags: dict[str, str], exclusive: dict[str, dict[str, float]] | None = None,
                     recovered_dir: Path | None = None, history: list[dict] | None = None,
                     search: dict | None = None, report_html: str | None = None, result_key: str | None = None,
-                    figures: dict | None = None) -> dict:
+                    figures: dict | None = None, frontier: dict | None = None) -> dict:
     """Log the run (params, metrics, plots, files, child run per stage) and register the model as a new
     version with alias ``challenger``. Returns ids for ``register.json``.
 
     Idempotent for one result: when versions tagged ``taskprune.result_key`` = ``result_key`` exist already
     (an earlier attempt registered them and then failed, or was killed, before writing register.json),
-    they are returned instead of registering the same result twice."""
+    they are returned instead of registering the same result twice.
+
+    Target mode (``frontier``): every point tried is a child run too; when none was within the budget, the run is
+    logged and nothing is registered (``version`` None), so no such model becomes a candidate for promotion."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -110,7 +113,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
                                 if isinstance(v, (int, float))})
         mlflow.log_metric("run_seconds", float(metrics["run_seconds"]))
         if figures is None:
-            figures = run_figures(run_name, per_matrix, search, exclusive, history)
+            figures = run_figures(run_name, per_matrix, search, exclusive, history, frontier)
         for path, figure in figures.items():
             mlflow.log_figure(figure, path)
         mlflow.log_dict(per_matrix["values"], f"{per_matrix['name']}.json")
@@ -125,6 +128,14 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
             if path.exists():
                 mlflow.log_artifact(str(path))
         _log_stage_runs(client, experiment_id, run.info.run_id, stages, metrics)
+        if frontier:
+            _log_frontier_runs(client, experiment_id, run.info.run_id, frontier, stages.get("frontier", {}))
+            if not frontier["choice"]["within_budget"]:
+                mlflow.set_tag("taskprune.candidate", "false")
+                return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": redact(uri),
+                        "registered_model": name, "version": None,
+                        "not_registered": f"no compression within the accuracy budget "
+                                          f"({frontier['budget']['max_accuracy_drop']:.0%} drop)"}
         if not _registered(client, name):
             client.create_registered_model(name, tags={"task": task_label},
                                            description=f"Pruned models for task {task_label} (TaskPrune)")
@@ -198,6 +209,33 @@ def _log_stage_runs(client, experiment_id: str, parent_id: str, stages: dict[str
                          params=[Param(k, redact(str(v))) for k, v in record.items()
                                  if k not in ("seconds", "stage", "ended", "finished")])
         client.set_terminated(child.info.run_id, end_time=now)
+
+
+def _log_frontier_runs(client, experiment_id: str, parent_id: str, frontier: dict, record: dict) -> None:
+    """Target mode: one child run per point tried (method, level; validation accuracy, size, speed), spread over
+    the frontier stage's time in the order measured."""
+    from mlflow.entities import Metric, Param
+
+    ended = record.get("ended") or time.time()
+    start = ended - sum(p["seconds"] for p in frontier["points"])
+    chosen = frontier["choice"]
+    for point in frontier["points"]:
+        is_chosen = (point["method"], point["level"]) == (chosen["method"], chosen["level"])
+        verdict = "within the budget" if point["within"] else "outside: " + "; ".join(point["reasons"])
+        child = client.create_run(experiment_id, run_name=f"{point['method']}-{point['level']:g}",
+                                  start_time=_millis(start),
+                                  tags={"mlflow.parentRunId": parent_id, "taskprune.frontier": "true",
+                                        "taskprune.chosen": str(is_chosen).lower(), "mlflow.note.content": verdict})
+        start += point["seconds"]
+        values = {k: float(point[k]) for k in ("validation_accuracy", "reduction", "bytes_fraction", "bytes_on_disk",
+                                               "seconds") if point.get(k) is not None}
+        if point.get("speedup") is not None:
+            values["decode_speedup"] = float(point["speedup"])
+        values["within_budget"] = float(point["within"])
+        client.log_batch(child.info.run_id, metrics=[Metric(k, v, _millis(start), 0) for k, v in values.items()],
+                         params=[Param("method", point["method"]), Param("level", str(point["level"])),
+                                 Param("recovered", str(point["recovered"]))])
+        client.set_terminated(child.info.run_id, end_time=_millis(start))
 
 
 def result_summary(task_label: str, metrics: dict, side: str = "pruned") -> str:
