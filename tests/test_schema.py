@@ -47,8 +47,8 @@ def test_good_rows_parse_with_ids_and_blank_lines():
 
 def test_split_is_deterministic_disjoint_and_keeps_groups():
     examples = builtin.capital(0)
-    calib, test = split(examples, 0.3, seed=0)
-    again_calib, _ = split(examples, 0.3, seed=0)
+    calib, _, test = split(examples, 0.3, seed=0)
+    again_calib, _, _ = split(examples, 0.3, seed=0)
     assert [e.id for e in calib] == [e.id for e in again_calib]
     assert not {e.id for e in calib} & {e.id for e in test}
     assert not {e.group for e in calib} & {e.group for e in test}  # both directions of a pair together
@@ -58,7 +58,7 @@ def test_split_is_deterministic_disjoint_and_keeps_groups():
 @pytest.mark.parametrize("name", sorted(builtin.BUILTIN))
 def test_builtin_tasks_have_300_test_examples_and_valid_rows(name):
     examples = builtin.generate(name, 0)
-    _, test = split(examples, 0.3, 0)
+    _, _, test = split(examples, 0.3, 0)
     assert len(test) >= 300
     for ex in examples:
         assert 0 <= ex.gold < len(ex.choices) and len(set(ex.choices)) == len(ex.choices)
