@@ -40,7 +40,8 @@ def run(
     project = Project.find()
     params = preflight(project, list(overrides), services=service_check)  # bad input fails in seconds, first
     started = time.perf_counter()
-    with tags("taskprune", f"task:{task_label(params)}", f"method:{params.prune.label}"):
+    methods = params.target.methods if params.target.enabled else [params.prune.label]
+    with tags("taskprune", f"task:{task_label(params)}", *(f"method:{m}" for m in methods)):
         result = pipeline(str(project.root), list(overrides), check_services=False)  # checked just now
     print_results(result["metrics"], compression_of(project))
     ran = [s for s, state in result["stages"].items() if state == "ran"]

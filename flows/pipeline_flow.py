@@ -17,14 +17,14 @@ def run_name() -> str:
     from prefect.runtime import flow_run
 
     from taskprune.data.task import task_label
+    from taskprune.target import run_label
 
     parameters = flow_run.parameters
     try:
         params = config.load(Project(Path(parameters["project_root"])).params_file, parameters.get("overrides"))
     except Exception:  # invalid input: validate_inputs reports it; the run still needs a name
         return "taskprune-pipeline"
-    prune = params.prune
-    return f"{task_label(params)}-{prune.label}-{prune.method_object.settings_label(prune)}"
+    return f"{task_label(params)}-{run_label(params)}"
 
 
 @flow(name="taskprune-pipeline", flow_run_name=run_name)

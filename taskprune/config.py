@@ -307,7 +307,7 @@ class TargetConfig(_Strict):
     objective: Literal["parameters", "bytes", "speed"] = Field(
         "parameters", description="Best across methods: most decoder-linear parameters removed, fewest bytes on "
                                   "disk, or fastest decode")
-    levels: list[float] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5],
+    levels: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.4, 0.5],
                                 description="Compression levels tried in order (the method's level: share of "
                                             "decoder-linear parameters removed, or sparsity)")
     refine: int = Field(2, ge=0, le=8, description="Bisection steps between the last level within the budget and "

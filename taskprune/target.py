@@ -43,6 +43,14 @@ def run_methods(params: Params) -> list[str]:
     return list(params.target.methods) if params.target.enabled else [params.prune.method]
 
 
+def run_label(params: Params) -> str:
+    """What a run does, for flow run names: the method and how much, or in target mode the budget and methods."""
+    if params.target.enabled:
+        return f"within{params.target.max_accuracy_drop:g}-{'+'.join(params.target.methods)}"
+    prune = params.prune
+    return f"{prune.label}-{prune.method_object.settings_label(prune)}"
+
+
 def statistics_needed(params: Params) -> tuple[str, ...]:
     """The calibration statistics every method of the run asks for, at its settings, in first-asked order."""
     from taskprune.methods import get_method

@@ -59,7 +59,8 @@ def tiny_settings(model_dir: Path, task_file: Path, general_file: Path) -> dict[
     """params.yaml keys for a tiny local model, a local task file and a local general text file."""
     return {"model.name": str(model_dir), "task.path": str(task_file), "calibration.general.source": "file",
             "calibration.general.path": str(general_file), "calibration.num_samples": 4, "calibration.seq_len": 32,
-            "evaluate.perplexity_docs": 4, "evaluate.decode_tokens": 4, "evaluate.batch_size": 16}
+            "evaluate.perplexity_docs": 4, "evaluate.decode_tokens": 4, "evaluate.batch_size": 16,
+            "target.max_accuracy_drop": "", "task.validation_fraction": 0}  # fixed-level mode (Wanda 50 %)
 
 
 def write_task(path: Path, task_rows: list[dict]) -> Path:
