@@ -358,7 +358,11 @@ class Params(_Strict):
                 raise ValueError("target mode searches the compression level with a uniform allocation: set "
                                  "prune.allocation to uniform (a per-matrix search at every level is not supported)")
             for name in self.target.methods:
-                _method(name).check(self.prune.model_copy(update={"method": name}))
+                try:
+                    _method(name).check(self.prune.model_copy(update={"method": name}))
+                except ValueError as exc:
+                    raise ValueError(f"target mode tries method {name!r} (target.methods): {exc}; or leave "
+                                     "target.max_accuracy_drop empty for fixed-level mode") from None
         return self
 
 

@@ -43,9 +43,11 @@ def test_bad_values_name_the_parameter(override, message):
 
 def test_nm_pattern_must_match_sparsity():
     with pytest.raises(TaskPruneError, match=r"2:4 prunes exactly 0.5"):
-        config.load(REPO / "params.yaml", ["prune.pattern=2:4", "prune.sparsity=0.6"])
-    params = config.load(REPO / "params.yaml", ["prune.pattern=2:4"])
+        config.load(REPO / "params.yaml", ["prune.pattern=2:4", "prune.sparsity=0.6", "target.max_accuracy_drop="])
+    params = config.load(REPO / "params.yaml", ["prune.pattern=2:4", "target.max_accuracy_drop="])
     assert params.prune.n_m == (2, 4)
+    with pytest.raises(TaskPruneError, match=r"target mode tries method 'structured' .*pattern 'unstructured'"):
+        config.load(REPO / "params.yaml", ["prune.pattern=2:4"])  # target mode's structured method refuses N:M
 
 
 def test_override_syntax_errors():
