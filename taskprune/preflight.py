@@ -5,6 +5,7 @@ from __future__ import annotations
 from taskprune import config
 from taskprune.config import Params
 from taskprune.data.schema import split
+from taskprune.target import at_level
 from taskprune.data.task import load_task
 from taskprune.errors import TaskPruneError
 from taskprune.models.architectures import architecture_for
@@ -32,10 +33,10 @@ def preflight(project: Project, overrides: list[str], services: bool = True) -> 
                              "at least one row on each side)") from None
     source = resolve_source(params.model.name, project.root, project.downloads)
     check_source(source, params.model.revision)
-    methods = [(params.prune.method_object, params.prune)]
-    if params.target.enabled:  # every method target mode may try, each at its own settings
-        methods = [(params.prune.model_copy(update={"method": name}).method_object,
-                    params.prune.model_copy(update={"method": name})) for name in params.target.methods]
+    settings = [params.prune]
+    if params.target.enabled:  # every method target mode may try, at the highest level it may reach
+        settings = [at_level(params, name, max(params.target.levels)).prune for name in params.target.methods]
+    methods = [(cfg.method_object, cfg) for cfg in settings]
     checked = [(method, cfg) for method, cfg in methods if method.reads_model_config]
     if checked:
         model_config = source_config(source, params.model.revision)
