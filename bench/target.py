@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.02, 0.05])
     parser.add_argument("--levels", nargs="+", type=float, default=[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     parser.add_argument("--refine", type=int, default=2)
+    parser.add_argument("--validation", type=float, default=0.2, help="task.validation_fraction")
     parser.add_argument("--recover", action="store_true", help="recovery in the loop (recover.* of params.yaml)")
     parser.add_argument("--decode-rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("bench/results/target.md"))
@@ -94,9 +95,9 @@ def main() -> None:
             name = Path(task[5:]).stem if task.startswith("file:") else task
             project = scratch(Path(tmp) / name, home)
             base = task_overrides(task) + [
-                "target.max_accuracy_drop=0.05", f"target.methods=[{', '.join(args.methods)}]",
+                "target.max_accuracy_drop=0.05", f"task.validation_fraction={args.validation}", f"target.methods=[{', '.join(args.methods)}]",
                 f"target.levels=[{', '.join(map(str, args.levels))}]", f"target.refine={args.refine}",
-                f"target.decode_rounds=0", f"recover.enabled={str(args.recover).lower()}"]
+                "target.decode_rounds=0", f"recover.enabled={str(args.recover).lower()}"]
             params = config.load(project.params_file, base)
             stage("prepare_data", params, project)
             calibrate = stage("calibrate", params, project)
@@ -181,7 +182,7 @@ def report(args, rows: list[dict], notes: list[str], started: float) -> None:
     p = config.Params()
     lines += ["", f"- validation-chosen point within the budget on the test split: {within} of {cells} cells "
                   "that found a point", *[f"- {n}" for n in notes], "",
-              f"SmolLM2-135M-Instruct, CPU, {os.cpu_count()} cores. Validation split {p.task.validation_fraction:g} "
+              f"SmolLM2-135M-Instruct, CPU, {os.cpu_count()} cores. Validation split {args.validation:g} "
               f"of each task; levels {args.levels}, {args.refine} bisection steps; recovery in the loop: "
               f"{'yes' if args.recover else 'no'}. Search time: the frontier's points of one method for all budgets "
               f"(each point made once), divided by one forward pass of the dense model over the calibration tokens "

@@ -80,3 +80,68 @@ def test_sieve_report_has_rank_map_convergence_and_pareto_table():
             "Pareto front (table)"} <= set(page.headings)
     assert len(decoded_sizes(page)) == 3
     assert {"size_fraction", "0.3", "-4.0"} <= set(page.cells)
+
+
+FRONTIER = {
+    "dense": {"validation_accuracy": 0.8, "bytes_on_disk": 400, "decoder_linear_params": 80},
+    "budget": {"max_accuracy_drop": 0.05, "min_validation_accuracy": 0.76, "max_bytes_fraction": None,
+               "min_decode_speedup": None},
+    "objective": "parameters", "validation_examples": 50,
+    "points": [{"method": "structured", "level": 0.1, "validation_accuracy": 0.78, "reduction": 0.1,
+                "bytes_on_disk": 380, "bytes_fraction": 0.95, "speedup": 1.05, "within": True, "reasons": [],
+                "recovered": False, "seconds": 3.0},
+               {"method": "structured", "level": 0.2, "validation_accuracy": 0.7, "reduction": 0.2,
+                "bytes_on_disk": 360, "bytes_fraction": 0.9, "speedup": 1.1, "within": False,
+                "reasons": ["validation accuracy 0.700 < 0.760 allowed"], "recovered": False, "seconds": 3.0},
+               {"method": "sieve", "level": 0.1, "validation_accuracy": 0.6, "reduction": 0.1, "bytes_on_disk": 380,
+                "bytes_fraction": 0.95, "speedup": None, "within": False,
+                "reasons": ["validation accuracy 0.600 < 0.760 allowed"], "recovered": False, "seconds": 3.0}],
+    "choice": {"method": "structured", "level": 0.1, "within_budget": True, "level_key": "prune.structured.reduction",
+               "validation_accuracy": 0.78, "reduction": 0.1, "bytes_fraction": 0.95, "speedup": 1.05}}
+
+
+def target_metrics() -> dict:
+    target = {**FRONTIER["budget"], "objective": "parameters", "dense_validation_accuracy": 0.8,
+              "validation_examples": 50, "points": 3, "choice": FRONTIER["choice"]}
+    return {"task": "capital", "method": "structured", "dense": {**SIDE, "bytes_on_disk": 538_000_000},
+            "pruned": {**SIDE, "task_accuracy": 0.48, "bytes_on_disk": 511_000_000}, "run_seconds": 1.0,
+            "target": target}
+
+
+def test_a_target_run_report_leads_with_the_answer_and_shows_the_frontier():
+    per_matrix = {"name": "reduction_per_matrix", "title": "parameters removed per matrix",
+                  "quantity": "share of the matrix's parameters removed", "values": {"0.mlp.down_proj": 0.1}}
+    html = html_report(target_metrics(), per_matrix, "structured-run", frontier=FRONTIER)
+    page = parse(html)
+    answer = ("smallest model within 5% of dense accuracy (structured): 10% fewer decoder-linear parameters, 1.05x "
+              "decode, 511 MB on disk (dense 538 MB); test accuracy 0.480 vs dense 0.500")
+    assert answer in html
+    assert {"Accuracy budget: validation accuracy per level tried", "Accuracy budget: every point tried"} <= set(
+        page.headings)
+    assert "no: validation accuracy 0.600 < 0.760 allowed" in page.cells and "n/a" in page.cells
+    assert len(decoded_sizes(page)) == 2
+
+
+def test_the_report_renders_in_a_real_browser(tmp_path):
+    """Headless Chromium opens the report and paints it (skipped where no Chromium is installed)."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium on this machine (Debian: apt install chromium)")
+    per_matrix = per_matrix_of({f"{i}.mlp.up_proj": 0.1 * i for i in range(4)})
+    page = tmp_path / "report.html"
+    page.write_text(html_report(target_metrics(), per_matrix, "structured-run", frontier=FRONTIER))
+    shot = tmp_path / "shot.png"
+    done = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,1600",
+                           "--virtual-time-budget=5000", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    image = Image.open(shot).convert("L")
+    assert image.size == (1200, 1600)
+    histogram = image.histogram()
+    assert max(histogram) < 0.97 * sum(histogram)  # not a blank page: text, table rules and figures were painted
