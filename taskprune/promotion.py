@@ -144,10 +144,12 @@ def list_versions(client, name: str) -> list[dict]:
 
 
 def project_registry(project, params, name: str | None = None):
-    """(MLflow client for the project's tracking store, registered model name: the given one or the project's)."""
-    from mlflow import MlflowClient
+    """(MLflow client for the project's tracking store, registered model name: the given one or the project's).
+    Says where it is looking first: importing MLflow and opening its store takes seconds."""
+    import sys
 
     from taskprune.paths import read_json
+    from taskprune.secrets import redact
     from taskprune.tracking import registered_name, tracking_uri
 
     if name is None:
@@ -157,4 +159,8 @@ def project_registry(project, params, name: str | None = None):
             name = registered_name(params, read_json(project.metrics)["task"])
         else:
             raise TaskPruneError("no registered model in this project yet: run the pipeline first or pass --name")
-    return MlflowClient(tracking_uri=tracking_uri(params, project.state)), name
+    uri = tracking_uri(params, project.state)
+    print(f"reading {name} from the MLflow registry at {redact(uri)} ...", file=sys.stderr, flush=True)
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri), name
