@@ -15,14 +15,19 @@ ROWS = [
     ("non-zero parameters", "nonzero_params", "{:,}"),
     ("decoder-linear parameters", "decoder_linear_params", "{:,}"),
     # the rest is mostly the embedding: 50 % sparsity of the decoder linears is far less of the whole model
-    ("decoder-linear share of parameters", "decoder_linear_share", "{:.1%}"),
-    ("bytes on disk", "bytes_on_disk", "{:,}"),
+    ("decoder-linear share", "decoder_linear_share", "{:.1%}"),
+    ("size on disk (MB)", "megabytes", "{:,.1f}"),
     ("decode tokens/s", "tokens_per_s", "{:.1f}"),
 ]
+# how the change column reads: accuracy in points and relative, the rest relative (decode as a ratio)
+CHANGE = {"task_accuracy": "points", "task_accuracy_prior_corrected": "points", "tokens_per_s": "ratio",
+          "decoder_linear_share": None}
 
 
 def value_of(side: dict, key: str):
     """A metric of one model, or one derived from its metrics (the decoder linears' share of the parameters)."""
+    if key == "megabytes":
+        return side["bytes_on_disk"] / 1e6 if side.get("bytes_on_disk") is not None else None
     if key == "decoder_linear_share":
         return side["decoder_linear_params"] / side["params"] if side.get("params") and \
             side.get("decoder_linear_params") is not None else None
@@ -77,19 +82,46 @@ def model_sides(metrics: dict) -> list[tuple[str, dict]]:
     return sides
 
 
-def results_table(metrics: dict, compression: str = "") -> Table:
-    """``compression``: how the method describes its result in a line (the pruned model's stage.json)."""
+def change(dense: dict, model: dict, key: str) -> str:
+    """The last model against dense, in words a reader compares: points for accuracy, a ratio for decode speed."""
+    before, after, how = value_of(dense, key), value_of(model, key), CHANGE.get(key, "relative")
+    if before is None or after is None or how is None:
+        return ""
+    if how == "ratio":
+        return f"{after / before:.2f}x" if before else ""
+    relative = f"{(after - before) / before:+.1%}" if before else ""
+    if how == "points":
+        return f"{(after - before) * 100:+.1f} pts ({relative})" if relative else f"{(after - before) * 100:+.1f} pts"
+    return "no change" if after == before else relative
+
+
+def table_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
+    """Column names and rows of the results table (terminal, markdown and HTML alike): rows that are n/a for
+    every model are left out; the last column is the change of the last model against dense."""
     dense = metrics["dense"]
     sides = model_sides(metrics)
-    search = metrics.get("search", {})
-    table = Table(title=f"TaskPrune: task {metrics['task']}, method {metrics['method']}, "
-                        f"{compression} (chance accuracy {dense['chance_accuracy']:.3f})")
-    table.add_column("metric")
-    for name, _ in sides:
-        table.add_column(name, justify="right")
-
+    columns = ["metric", *(name for name, _ in sides), f"{sides[-1][0]} vs dense"]
+    rows = []
     for label, key, fmt in ROWS:
-        table.add_row(label, *(cell(side, key, fmt) for _, side in sides))
+        cells = [cell(side, key, fmt) for _, side in sides]
+        if all(c == "n/a" for c in cells):
+            continue
+        if key == "task_accuracy" and dense.get("chance_accuracy") is not None:
+            label = f"task accuracy (chance {dense['chance_accuracy']:.3f})"
+        rows.append([label, *cells, change(dense, sides[-1][1], key)])
+    return columns, rows
+
+
+def results_table(metrics: dict, compression: str = "") -> Table:
+    """``compression``: how the method describes its result in a line (the pruned model's stage.json)."""
+    search = metrics.get("search", {})
+    table = Table(title=f"TaskPrune: {metrics['task']}, {metrics['method']}, {compression}")
+    columns, rows = table_rows(metrics)
+    table.add_column(columns[0])
+    for name in columns[1:]:
+        table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(*row)
     seconds = metrics.get("stage_seconds", {})
     table.caption = ("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(seconds.items(),
                                                                                    key=lambda kv: order(kv[0])))
@@ -108,11 +140,11 @@ def results_table(metrics: dict, compression: str = "") -> Table:
 
 def results_markdown(metrics: dict, compression: str = "", registration: dict | None = None) -> str:
     """The results table as markdown (the Prefect flow run's artifact), with where the result is registered."""
-    sides = model_sides(metrics)
+    columns, rows = table_rows(metrics)
     answer = target_answer(metrics)
     lines = [f"# {metrics['task']}: {metrics['method']}, {compression}", "", *([f"**{answer}**", ""] if answer else []),
-             "| metric | " + " | ".join(name for name, _ in sides) + " |", "|---|" + "---:|" * len(sides)]
-    lines += [f"| {label} | " + " | ".join(cell(side, key, fmt) for _, side in sides) + " |" for label, key, fmt in ROWS]
+             "| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", *(f"- {line}" for line in (results_table(metrics, compression).caption or "").splitlines() if line)]
     if registration and registration["version"] is None:
         lines += [f"- MLflow: run `{registration['run_id']}` at {registration['tracking_uri']}; not registered: "
@@ -199,8 +231,8 @@ def html_report(metrics: dict, per_matrix: dict, run_name: str, *, compression: 
 
     from taskprune.tracking.plots import run_figures
 
-    sides = model_sides(metrics)
-    rows = [(label, [cell(side, key, fmt) for _, side in sides]) for label, key, fmt in ROWS]
+    columns, table = table_rows(metrics)
+    rows = [(row[0], row[1:]) for row in table]
     caption = results_table(metrics, compression).caption or ""
     notes = [line for line in caption.splitlines()[1:] if line]  # search and recovery lines
     answer = target_answer(metrics)
@@ -213,6 +245,7 @@ def html_report(metrics: dict, per_matrix: dict, run_name: str, *, compression: 
         figures = run_figures(run_name, per_matrix, search, exclusive, history, frontier)
     figures = [(CAPTIONS.get(path.split("/")[-1][:-4], path), _png(fig)) for path, fig in figures.items()]
     return Environment(autoescape=True).from_string(HTML).render(
-        title=run_name, subtitle=subtitle, answer=answer, points=(frontier or {}).get("points"), sides=[name for name, _ in sides], rows=rows, notes=notes, figures=figures,
+        title=run_name, subtitle=subtitle, answer=answer, points=(frontier or {}).get("points"), sides=columns[1:],
+        rows=rows, notes=notes, figures=figures,
         front=(search or {}).get("front"),
         stages=sorted(metrics.get("stage_seconds", {}).items(), key=lambda item: (order(item[0]), item[0])))
