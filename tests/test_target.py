@@ -147,6 +147,9 @@ def test_the_frontier_is_logged_and_nothing_outside_the_budget_is_registered(tar
     assert {"validation_accuracy", "reduction", "bytes_fraction", "within_budget"} <= set(chosen[0].data.metrics)
     artifacts = {a.path for a in client.list_artifacts(registered["run_id"], "plots")}
     assert "plots/frontier.png" in artifacts
+    inputs = client.get_run(registered["run_id"]).inputs.dataset_inputs  # the Datasets column
+    contexts = {tag.value for d in inputs for tag in d.tags if tag.key == "mlflow.data.context"}
+    assert contexts == {"calibration", "validation", "test", "general"}
     assert (registered["version"] is not None) == frontier["choice"]["within_budget"]
 
     # a speed floor no tiny model reaches: no point fits, the closest is built, nothing is registered

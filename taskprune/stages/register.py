@@ -30,6 +30,9 @@ def run(params: Params, project: Project) -> None:
             lineage_tags=tags, exclusive=inputs["exclusive"],
             recovered_dir=project.recovered_model if "recovered" in metrics else None,
             history=inputs["history"], search=inputs["search"], figures=figures, frontier=inputs["frontier"],
+            datasets={"calibration": project.data / "task_calib.jsonl",
+                      "validation": project.data / "task_validation.jsonl", "test": project.data / "task_test.jsonl",
+                      "general": project.data / "general_calib.jsonl"},
             report_html=html_report(**inputs, figures=figures), result_key=result_key(project))
     except Exception as exc:  # MLflow (or its artifact store) down or failing after its own retries
         if not is_tracking_failure(exc):

@@ -68,7 +68,8 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
                     lineage_tags: dict[str, str], exclusive: dict[str, dict[str, float]] | None = None,
                     recovered_dir: Path | None = None, history: list[dict] | None = None,
                     search: dict | None = None, report_html: str | None = None, result_key: str | None = None,
-                    figures: dict | None = None, frontier: dict | None = None) -> dict:
+                    figures: dict | None = None, frontier: dict | None = None,
+                    datasets: dict[str, Path] | None = None) -> dict:
     """Log the run (params, metrics, plots, files, child run per stage) and register the model as a new
     version with alias ``challenger``. Returns ids for ``register.json``.
 
@@ -106,6 +107,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
                                                      if lineage_tags.get("git_commit") else {})}))
     with mlflow.start_run(run_id=parent.info.run_id) as run:  # ends now: the parent spans the whole pipeline
         mlflow.log_params({k: redact(str(v)) for k, v in used_params(params).items()})
+        _log_datasets(task_label, datasets or {})
         for side in ("dense", "pruned", "recovered"):
             if side not in metrics:
                 continue
@@ -209,6 +211,24 @@ def _log_stage_runs(client, experiment_id: str, parent_id: str, stages: dict[str
                          params=[Param(k, redact(str(v))) for k, v in record.items()
                                  if k not in ("seconds", "stage", "ended", "finished")])
         client.set_terminated(child.info.run_id, end_time=now)
+
+
+def _log_datasets(task_label: str, datasets: dict[str, Path]) -> None:
+    """The task's splits and the general text as the run's dataset inputs (MLflow's Datasets column), each with
+    its use as the context (calibration, validation, test, general)."""
+    import warnings
+
+    import mlflow
+    import pandas as pd
+
+    for context, path in datasets.items():
+        if path.is_file():
+            frame = pd.read_json(path, lines=True)
+            name = f"{task_label}-{context}" if context != "general" else "general-text"
+            with warnings.catch_warnings():  # schema hints about integer columns, meant for model signatures
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = mlflow.data.from_pandas(frame, source=path.resolve().as_uri(), name=name)
+            mlflow.log_input(dataset, context=context)
 
 
 def _log_frontier_runs(client, experiment_id: str, parent_id: str, frontier: dict, record: dict) -> None:
