@@ -36,11 +36,16 @@ def preflight(project: Project, overrides: list[str], services: bool = True) -> 
     settings = [params.prune]
     if params.target.enabled:  # every method target mode may try, at the highest level it may reach
         settings = [at_level(params, name, max(params.target.levels)).prune for name in params.target.methods]
-    methods = [(cfg.method_object, cfg) for cfg in settings]
-    checked = [(method, cfg) for method, cfg in methods if method.reads_model_config]
+    checked = [cfg for cfg in settings if cfg.method_object.reads_model_config]
     if checked:
         model_config = source_config(source, params.model.revision)
         arch = architecture_for(model_config.model_type, source.where)
-        for method, cfg in checked:
-            method.check_model(cfg, model_config, arch, source.where)
+        for cfg in checked:
+            try:
+                cfg.method_object.check_model(cfg, model_config, arch, source.where)
+            except TaskPruneError as exc:
+                if not params.target.enabled:
+                    raise
+                raise TaskPruneError(f"target mode: method {cfg.method} at its highest level "
+                                     f"{max(params.target.levels):g} (target.levels): {exc}") from None
     return params

@@ -80,7 +80,7 @@ def structured(config: bytes, *settings: str):
     """A model directory of ``config`` (weights and tokenizer files present, never read) and the structured method."""
     def setup(project: Path) -> list[str]:
         return model_dir({"config.json": config, "model.safetensors": b"", "tokenizer.json": b"{}"})(project) + \
-            ["prune.method=structured", *settings]
+            ["prune.method=structured", "target.max_accuracy_drop=", *settings]  # a fixed level
     return setup
 
 CASES = {
@@ -154,8 +154,18 @@ CASES = {
                                         r"prune\.structured: .*would remove every one of the 30 decoder layers"),
     "structured: every MLP channel removed": (structured(SMOLLM2_SHAPE, "prune.structured.reduction=0.9"),
                                               r"prune\.structured\.reduction 0\.9 would remove every MLP channel"),
-    "structured: with N:M": (overrides("prune.method=structured", "prune.pattern=2:4", "prune.sparsity=0.5"),
-                             r"structured.*unstructured"),
+    "structured: with N:M": (overrides("prune.method=structured", "prune.pattern=2:4", "prune.sparsity=0.5",
+                                       "target.max_accuracy_drop="), r"structured.*unstructured"),
+    # target mode (the accuracy budget)
+    "target: no validation split": (overrides("task.validation_fraction=0"),
+                                    r"target\.max_accuracy_drop chooses the level on a validation split: set "
+                                    r"task\.validation_fraction"),
+    "target: unknown method": (overrides("target.methods=[structurd]"), r"target\.methods: .*unknown method"),
+    "target: a level that removes every MLP channel": (
+        structured(SMOLLM2_SHAPE, "target.max_accuracy_drop=0.05", "target.levels=[0.3, 0.95]"),
+        r"target mode: method structured at its highest level 0\.95 \(target\.levels\): .*every MLP channel"),
+    "target: a method that refuses the prune settings": (
+        overrides("prune.pattern=2:4"), r"target mode tries method 'structured' \(target\.methods\): .*unstructured"),
 }
 
 
