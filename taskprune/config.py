@@ -404,7 +404,7 @@ def validate(raw: dict, source: str) -> Params:
                 message = "unknown parameter (check the spelling; see params.yaml for the known keys)"
             plain = err["type"] == "missing" or isinstance(err.get("input"), dict) or ", got " in message
             shown = "" if plain else f" (got {err.get('input')!r})"
-            lines.append(f"  {where}: {message}{shown}")
+            lines.append(f"  {where}: {message}{shown}" if err["loc"] else f"  {message}{shown}")
         raise TaskPruneError(f"{source}: invalid parameters\n" + "\n".join(lines)) from None
 
 
