@@ -150,6 +150,8 @@ def test_the_frontier_is_logged_and_nothing_outside_the_budget_is_registered(tar
     inputs = client.get_run(registered["run_id"]).inputs.dataset_inputs  # the Datasets column
     contexts = {tag.value for d in inputs for tag in d.tags if tag.key == "mlflow.data.context"}
     assert contexts == {"calibration", "validation", "test", "general"}
+    experiment = client.get_experiment(registered["experiment_id"])  # opens in MLflow's "Model training" view
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert (registered["version"] is not None) == frontier["choice"]["within_budget"]
 
     # a speed floor no tiny model reaches: no point fits, the closest is built, nothing is registered

@@ -54,13 +54,22 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+EXPERIMENT_KIND, MODEL_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(mlflow, name: str, uri: str, state_dir: Path) -> str:
-    """Experiment id; a new experiment on the default SQLite store keeps artifacts in the state dir."""
+    """Experiment id; a new experiment on the default SQLite store keeps artifacts in the state dir. The experiment
+    is marked as model development (``mlflow.experimentKind``), so MLflow 3's UI opens it in its "Model training"
+    view (runs, metrics, models) instead of the GenAI view of traces, and does not ask."""
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = (state_dir / "mlartifacts" / name).resolve().as_uri() if uri.startswith("sqlite:") else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    if experiment is None:
+        location = (state_dir / "mlartifacts" / name).resolve().as_uri() if uri.startswith("sqlite:") else None
+        experiment_id = mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND: MODEL_KIND})
+    else:
+        experiment_id = experiment.experiment_id
+        if EXPERIMENT_KIND not in experiment.tags:
+            mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND, MODEL_KIND)
+    return experiment_id
 
 
 def register_result(*, params: Params, state_dir: Path, task_label: str, metrics: dict, per_matrix: dict,
