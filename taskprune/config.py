@@ -304,6 +304,10 @@ class TargetConfig(_Strict):
     min_decode_speedup: float | None = Field(None, gt=0, description="Decode tokens/s at least this x dense")
     methods: list[str] = Field(default_factory=lambda: ["structured", "sieve"],
                                description="Methods tried, each at its own compression levels")
+    confidence: float = Field(
+        0.95, ge=0.5, lt=1, description="A point is inside the budget when the lower bound of its validation accuracy "
+                                        "at this one-sided confidence (paired with dense, item by item) is; 0.5 = the "
+                                        "accuracy itself")
     objective: Literal["parameters", "bytes", "speed"] = Field(
         "parameters", description="Best across methods: most decoder-linear parameters removed, fewest bytes on "
                                   "disk, or fastest decode")

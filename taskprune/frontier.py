@@ -29,7 +29,7 @@ from taskprune.models.loading import load_local, pick_device
 from taskprune.paths import Project
 from taskprune.recovery import make_trainable, merge_keeping_masks, train_recovery
 from taskprune.search.choice import uniform_allocation
-from taskprune.target import Point, at_level, judge
+from taskprune.target import Point, accuracy_bound, at_level, judge
 
 
 class Frontier:
@@ -40,14 +40,15 @@ class Frontier:
         self.device = pick_device(params.model.device)
         self.dense, self.tokenizer, self.arch = load_local(project.dense_model, self.device)
         self.validation = project.data / "task_validation.jsonl"
-        self.dense_accuracy = self.accuracy(self.dense)
+        dense = self.evaluate(self.dense)
+        self.dense_accuracy, self.dense_items = dense["task_accuracy"], dense["items"]
         self.dense_size = size_metrics(self.dense, self.arch, project.dense_model)
         self.scores: dict[str, object] = {}
         self.blocks = None
 
-    def accuracy(self, model) -> float:
-        return run_lm_eval(model, self.tokenizer, self.validation, self.params.evaluate.batch_size, None,
-                           self.device)["task_accuracy"]
+    def evaluate(self, model) -> dict:
+        """Validation accuracy and per-item correctness (lm-eval)."""
+        return run_lm_eval(model, self.tokenizer, self.validation, self.params.evaluate.batch_size, None, self.device)
 
     def speedup(self, model) -> float | None:
         """Decode tokens/s of ``model`` over dense's, rounds interleaved (medians)."""
@@ -105,7 +106,10 @@ class Frontier:
             masks = score.masks.masks if score.masks is not None else None
             model = self.recover(params, model, masks, f"{method_name}-{level:g}")
         dense = self.dense_size
-        point = Point(method=method_name, level=level, validation_accuracy=round(self.accuracy(model), 6),
+        measured = self.evaluate(model)
+        bound = accuracy_bound(measured["items"], self.dense_items, self.params.target.confidence)
+        point = Point(method=method_name, level=level, validation_accuracy=round(measured["task_accuracy"], 6),
+                      accuracy_bound=round(bound, 6),
                       reduction=round(1 - size["decoder_linear_nonzero"] / dense["decoder_linear_params"], 6),
                       bytes_on_disk=size["bytes_on_disk"],
                       bytes_fraction=round(size["bytes_on_disk"] / dense["bytes_on_disk"], 6),

@@ -33,6 +33,7 @@ class Point:
     reasons: list[str] = field(default_factory=list)   # the limits it breaks, in words
     recovered: bool = False       # measured after recovery
     seconds: float = 0.0
+    accuracy_bound: float | None = None   # one-sided lower confidence bound of the validation accuracy
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -71,12 +72,32 @@ def at_level(params: Params, method: str, level: float) -> Params:
     return validate(raw, f"target: method {method} at level {level:g}")
 
 
+def accuracy_bound(items: dict[str, int], dense_items: dict[str, int], confidence: float) -> float:
+    """A one-sided lower confidence bound of a model's accuracy from its per-item correctness paired with the dense
+    model's on the same items: dense accuracy + mean change - z * standard error of the change. Items both get
+    right or wrong add no uncertainty, so the bound is tight when the models mostly agree."""
+    import math
+    from statistics import NormalDist
+
+    changes = [items[key] - dense_items[key] for key in dense_items]
+    n = len(changes)
+    mean = sum(changes) / n
+    variance = sum((c - mean) ** 2 for c in changes) / (n - 1) if n > 1 else 0.0
+    z = NormalDist().inv_cdf(confidence) if confidence > 0.5 else 0.0
+    return sum(dense_items.values()) / n + mean - z * math.sqrt(variance / n)
+
+
 def judge(point: Point, params: Params, dense_accuracy: float) -> Point:
-    """Mark ``point`` inside or outside the budget, with the limits it breaks."""
+    """Mark ``point`` inside or outside the budget, with the limits it breaks. Accuracy is judged by its lower
+    confidence bound when the point has one (``target.confidence``): a level that is inside the budget only by the
+    luck of the validation sample does not pass."""
     cfg = params.target
     floor = dense_accuracy * (1 - cfg.max_accuracy_drop)
     reasons = []
-    if point.validation_accuracy < floor - 1e-9:
+    if point.accuracy_bound is not None and point.accuracy_bound < floor - 1e-9:
+        reasons.append(f"validation accuracy {point.validation_accuracy:.3f}, at least {point.accuracy_bound:.3f} at "
+                       f"{cfg.confidence:.0%} confidence, < {floor:.3f} allowed")
+    elif point.validation_accuracy < floor - 1e-9:
         reasons.append(f"validation accuracy {point.validation_accuracy:.3f} < {floor:.3f} allowed")
     if cfg.max_bytes_fraction is not None and point.bytes_fraction > cfg.max_bytes_fraction:
         reasons.append(f"bytes {point.bytes_fraction:.3f}x dense > {cfg.max_bytes_fraction:g}x allowed")

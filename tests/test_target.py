@@ -166,3 +166,20 @@ def test_the_frontier_is_logged_and_nothing_outside_the_budget_is_registered(tar
     assert registered["version"] is None and "accuracy budget" in registered["not_registered"]
     from taskprune.report import target_answer
     assert target_answer(json.loads(project.metrics.read_text())).startswith("no model within 50% of dense accuracy")
+
+
+def test_a_point_inside_only_by_the_luck_of_the_sample_does_not_pass():
+    from taskprune.target import accuracy_bound
+
+    dense = {str(i): int(i < 80) for i in range(100)}                  # 0.80
+    agree = dict(dense)
+    agree["0"] = 0                                                      # 0.79: one item lost, everything else equal
+    noisy = {str(i): int(10 <= i < 89) for i in range(100)}            # 0.79 too: 10 items lost, 9 others gained
+    params = config.validate({"target": {"max_accuracy_drop": 0.05}, "task": {"validation_fraction": 0.2}}, "p")
+    tight, loose = accuracy_bound(agree, dense, 0.95), accuracy_bound(noisy, dense, 0.95)
+    assert loose < 0.76 < tight < 0.79  # same accuracy, different certainty
+    assert accuracy_bound(agree, dense, 0.5) == pytest.approx(0.79)
+    passed = judge(_point(0.1, 0.79, accuracy_bound=tight), params, 0.8)
+    failed = judge(_point(0.1, 0.79, accuracy_bound=loose), params, 0.8)
+    assert passed.within and not failed.within
+    assert "at 95% confidence, < 0.760 allowed" in failed.reasons[0]
