@@ -175,7 +175,7 @@ def report(args, rows: list[dict], notes: list[str], started: float) -> None:
         speed = f"{r['speedup']:.2f}" if "speedup" in r else "-"
         lines.append(f"| {r['task']} | {r['method']} | {r['budget']:.0%} | {point['level']:g} | "
                      f"{point['validation_accuracy']:.3f} ({r['dense_validation']:.3f}) | "
-                     f"{1 - test['decoder_linear_nonzero'] / dense['decoder_linear_params']:.1%} | "
+                     f"{1 - test['decoder_linear_nonzero'] / dense['decoder_linear_nonzero']:.1%} | "
                      f"{test['bytes_on_disk'] / dense['bytes_on_disk']:.3f} | {speed} | {test['task_accuracy']:.3f} "
                      f"[{low:.3f}, {high:.3f}] | {dense['task_accuracy']:.3f} | {drop:+.1%} | {'yes' if ok else 'no'} | "
                      f"{ratio:.0f} |")

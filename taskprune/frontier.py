@@ -110,7 +110,7 @@ class Frontier:
         bound = accuracy_bound(measured["items"], self.dense_items, self.params.target.confidence)
         point = Point(method=method_name, level=level, validation_accuracy=round(measured["task_accuracy"], 6),
                       accuracy_bound=round(bound, 6),
-                      reduction=round(1 - size["decoder_linear_nonzero"] / dense["decoder_linear_params"], 6),
+                      reduction=round(1 - size["decoder_linear_nonzero"] / dense["decoder_linear_nonzero"], 6),
                       bytes_on_disk=size["bytes_on_disk"],
                       bytes_fraction=round(size["bytes_on_disk"] / dense["bytes_on_disk"], 6),
                       speedup=self.speedup(model), recovered=params.recover.enabled)

@@ -25,7 +25,7 @@ class Point:
     method: str
     level: float
     validation_accuracy: float
-    reduction: float              # share of the decoder-linear parameters removed (non-zeros for sparse methods)
+    reduction: float              # share of the decoder-linear non-zero parameters removed (parameters, or zeros)
     bytes_on_disk: int
     bytes_fraction: float         # x dense
     speedup: float | None         # decode tokens/s x dense, timed side by side (None: not timed)

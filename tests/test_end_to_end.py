@@ -32,7 +32,7 @@ def test_default_run_then_rerun_skips_everything(tmp_path):
     assert levels == ([0.05] if frontier["points"][0]["within"] else [0.05, 0.025])
     choice = target["choice"]
     assert choice == frontier["choice"] and choice["method"] == "structured"
-    removed = 1 - pruned["decoder_linear_params"] / dense["decoder_linear_params"]
+    removed = 1 - pruned["decoder_linear_nonzero"] / dense["decoder_linear_nonzero"]
     assert removed == pytest.approx(choice["reduction"], abs=1e-6) and removed > 0  # the chosen point was built
     assert pruned["bytes_on_disk"] < dense["bytes_on_disk"]  # a smaller checkpoint, not zeros
     assert dense["perplexity"] < pruned["perplexity"] < 3 * dense["perplexity"]

@@ -119,7 +119,7 @@ def test_a_target_run_builds_the_chosen_point(target_run):
     assert data["validation_examples"] == frontier["validation_examples"] > 0
     metrics = json.loads(project.metrics.read_text())
     assert metrics["method"].startswith(choice["method"])
-    removed = 1 - metrics["pruned"]["decoder_linear_params"] / metrics["dense"]["decoder_linear_params"]
+    removed = 1 - metrics["pruned"]["decoder_linear_nonzero"] / metrics["dense"]["decoder_linear_nonzero"]
     assert removed == pytest.approx(choice["reduction"], abs=1e-6)  # the model built is the point chosen
     assert metrics["target"]["choice"] == choice and metrics["target"]["dense_validation_accuracy"] > 0
     points = json.loads((project.frontier / "points.json").read_text())  # dvc plots reads this
