@@ -64,6 +64,88 @@ def stage(name: Annotated[StageName, typer.Argument(help="Stage to run")]) -> No
         run_stage(name.value, params, project)
 
 
+@app.command()
+def ui(
+    mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow UI")] = 5000,
+    prefect_port: Annotated[int, typer.Option(help="Port of the Prefect UI")] = 4200,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+) -> None:
+    """Open the MLflow UI and the Prefect UI on this project's own stores (until Ctrl-C).
+
+    Local stores only: with tracking.uri or PREFECT_API_URL set, the servers you run are the UIs."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from taskprune.secrets import redact
+    from taskprune.tracking import tracking_uri
+
+    project, params = project_and_params()
+    uri = tracking_uri(params, project.state)
+    bin_dir = Path(sys.executable).parent
+    servers, lines = [], []
+    if uri.startswith("sqlite:"):
+        command = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(mlflow_port)]
+        servers.append(("MLflow", f"http://{host}:{mlflow_port}", "/health", command,
+                        {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}))
+        lines.append(f"MLflow:  http://{host}:{mlflow_port}  experiment '{params.tracking.experiment}' (runs, a child "
+                     "run per stage and per point tried; Models: the registry, alias champion/challenger)")
+    else:
+        lines.append(f"MLflow:  {redact(uri)} (tracking.uri: that server's own UI)")
+    if os.environ.get("PREFECT_API_URL"):
+        lines.append(f"Prefect: {os.environ['PREFECT_API_URL'].removesuffix('/api')} (PREFECT_API_URL: that server)")
+    else:
+        home = os.environ.get("PREFECT_HOME") or str(project.state / "prefect")
+        api = f"http://{host}:{prefect_port}/api"
+        servers.append(("Prefect", api.removesuffix("/api"), "/api/health",
+                        [str(bin_dir / "prefect"), "server", "start", "--host", host, "--port", str(prefect_port)],
+                        {"PREFECT_HOME": home, "PREFECT_UI_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}))
+        lines.append(f"Prefect: http://{host}:{prefect_port}/runs  flow runs of this project ({home}): each stage "
+                     "a task run with its log, the results table as an artifact")
+    started = []
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for name, url, health, command, extra in servers:
+            print(f"starting the {name} UI ...", flush=True)
+            started.append(subprocess.Popen(command, env={**os.environ, **extra}, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL, start_new_session=True))
+            _wait_until_up(f"{url}{health}", name, started[-1])
+        print("\n".join(lines) + ("\nCtrl-C stops them." if started else ""), flush=True)
+        while started and all(process.poll() is None for process in started):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for process in started:
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in started:
+            process.wait(timeout=30)
+
+
+def _wait_until_up(url: str, name: str, process, seconds: float = 120) -> None:
+    import urllib.request
+
+    from taskprune.errors import TaskPruneError
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise TaskPruneError(f"the {name} UI stopped at start (exit {process.returncode}): is the port in use?")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TaskPruneError(f"the {name} UI did not answer at {url} within {seconds:.0f} s")
+
+
 # `run` first in the help, then `stage`, then the library's commands
 app.registered_commands.sort(key=lambda command: {"run": 0, "stage": 1}.get(command.callback.__name__, 2))
 

@@ -18,6 +18,7 @@ def cli_env(project: Path) -> dict[str, str]:
     environment = dvc_environment()  # this interpreter's scripts first on PATH, as the flow does
     environment.pop("MLFLOW_TRACKING_URI", None)
     environment.pop("TASKPRUNE_PROJECT", None)
+    environment.pop("PREFECT_HOME", None)  # the project's own store (an in-process CLI test may have set one here)
     environment["PYTHONUNBUFFERED"] = "1"
     return environment
 

@@ -1,6 +1,8 @@
 """The CLI's contract on bad input: one clear message, exit 2, nothing written."""
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +87,38 @@ def test_help_lists_run_first_shows_key_value_and_there_is_a_version(capsys):
     assert commands[:2] == ["run", "stage"]
     assert "KEY=VALUE" in out and "list[str]" not in out
     assert out.rstrip().splitlines()[-1].startswith("taskprune ")
+
+
+@pytest.mark.slow
+def test_ui_opens_mlflow_and_prefect_on_the_project_stores_and_stops_them(tmp_path):
+    """`taskprune ui` starts the MLflow UI on the project's SQLite store and a Prefect server on its own home; both
+    answer, and one signal stops them."""
+    import signal
+    import subprocess
+    import urllib.request
+
+    from conftest import make_project
+    from pipeline_helpers import cli_env, free_port
+
+    project = make_project(tmp_path / "proj", git=False)
+    ports = free_port(), free_port()
+    ui = subprocess.Popen([str(Path(sys.executable).with_name("taskprune")), "ui", "--mlflow-port", str(ports[0]),
+                           "--prefect-port", str(ports[1])], cwd=project, env=cli_env(project),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not any("Ctrl-C stops them" in line for line in lines):
+            line = ui.stdout.readline()
+            assert line or ui.poll() is None, ui.stderr.read()[-2000:]
+            lines.append(line)
+        assert any(f"http://127.0.0.1:{ports[1]}/runs" in line for line in lines)
+        for url in (f"http://127.0.0.1:{ports[0]}/health", f"http://127.0.0.1:{ports[1]}/api/health"):
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                assert answer.status == 200, url
+        assert (project / ".taskprune" / "mlflow.db").is_file() and (project / ".taskprune" / "prefect").is_dir()
+    finally:
+        ui.send_signal(signal.SIGINT)
+        assert ui.wait(timeout=60) == 0
+    for port in ports:
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)

@@ -6,9 +6,7 @@ Slow (about 6-8 minutes on 2 cores): run alone with `pytest -m slow tests/test_e
 """
 
 import json
-import os
 import sqlite3
-from pathlib import Path
 
 import pytest
 
@@ -49,8 +47,7 @@ def test_default_run_then_rerun_skips_everything(tmp_path):
     assert json.loads((project / "artifacts" / "register.json").read_text()) == registered
     assert ("promotion: taskprune-capital version 1: " if choice["within_budget"] else "nothing to promote") \
         in second.stdout, second.stdout[-3000:]
-    # the local Prefect store: the project's own, unless this test process already set one (the CLI inherits it)
-    home = Path(os.environ.get("PREFECT_HOME") or project / ".taskprune" / "prefect")
+    home = project / ".taskprune" / "prefect"  # the project's own Prefect store
     prefect = sqlite3.connect(home / "prefect.db")
     runs = [(run_id, name, tags) for run_id, name, tags, parameters in prefect.execute(
         "select id, name, tags, parameters from flow_run order by start_time")
