@@ -195,3 +195,10 @@ def run_lock(project: Project) -> Iterator[None]:
     finally:
         _HELD.pop(path, None)
         lock.release()
+
+
+def stage_off(target: Path, timer: StageTimer) -> None:
+    """A stage these settings turn off: its output is a stage.json saying so (later stages read it)."""
+    with atomic_dir(target) as out:
+        write_json(out / "stage.json", {"enabled": False})
+    timer.done(enabled=False)

@@ -10,7 +10,7 @@ from taskprune.config import Params
 from taskprune.data.schema import read_jsonl
 from taskprune.frontier import Frontier
 from taskprune.methods import get_method
-from taskprune.paths import Project, StageTimer, atomic_dir, write_json
+from taskprune.paths import Project, StageTimer, atomic_dir, stage_off, write_json
 from taskprune.target import choose, search_levels
 
 
@@ -18,9 +18,7 @@ def run(params: Params, project: Project) -> None:
     timer = StageTimer(project, "frontier")
     cfg = params.target
     if not cfg.enabled:
-        with atomic_dir(project.frontier) as out:
-            write_json(out / "stage.json", {"enabled": False})
-        timer.done(enabled=False)
+        stage_off(project.frontier, timer)
         return
     frontier = Frontier(params, project)
     floor = frontier.dense_accuracy * (1 - cfg.max_accuracy_drop)

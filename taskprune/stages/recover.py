@@ -20,7 +20,7 @@ from taskprune.config import Params
 from taskprune.data.schema import read_jsonl
 from taskprune.models.formats import format_of
 from taskprune.models.loading import load_local, pick_device
-from taskprune.paths import LORA_DIR, Project, StageTimer, atomic_dir, fingerprint, write_json
+from taskprune.paths import LORA_DIR, Project, StageTimer, atomic_dir, fingerprint, stage_off, write_json
 from taskprune.pruning import apply_masks
 from taskprune.calibration.blocks import calibration_blocks
 from taskprune.recovery import check_disjoint, make_trainable, merge_keeping_masks, train_recovery
@@ -30,9 +30,7 @@ def run(params: Params, project: Project) -> None:
     timer = StageTimer(project, "recover")
     cfg = params.recover
     if not cfg.enabled:
-        with atomic_dir(project.recovered_model) as out:
-            write_json(out / "stage.json", {"enabled": False})
-        timer.done(enabled=False)
+        stage_off(project.recovered_model, timer)
         print("recover: disabled (recover.enabled: false)")
         return
     device = pick_device(params.model.device)

@@ -22,7 +22,7 @@ from taskprune.config import Params
 from taskprune.masks import write_mask_files
 from taskprune.methods import get_method
 from taskprune.models.loading import load_local
-from taskprune.paths import Project, StageTimer, atomic_dir, fingerprint, write_json
+from taskprune.paths import Project, StageTimer, atomic_dir, fingerprint, stage_off, write_json
 from taskprune.search import run_search
 from taskprune.search.choice import UNIFORM_RULE, allocation_summary, level_space_of, pick_point
 from taskprune.search.fitness import make_evaluator, worker_spec
@@ -35,9 +35,7 @@ def run(params: Params, project: Project, evaluator_factory: Callable | None = N
     plan = method.plan(params.prune)
     searching = params.prune.allocation == "search"
     if not (searching or plan.always_allocates):
-        with atomic_dir(project.search) as out:
-            write_json(out / "stage.json", {"enabled": False})
-        timer.done(enabled=False)
+        stage_off(project.search, timer)
         return
     cfg = params.search
     model, _, arch = load_local(project.dense_model, "cpu")
