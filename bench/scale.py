@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--samples", type=int, default=16, help="calibration.num_samples (blocks of 128 tokens)")
     parser.add_argument("--methods", nargs="+", default=["structured"])
+    parser.add_argument("--skip", nargs="*", default=[], metavar="SIZE:STAGE",
+                        help="stages not run at a size, e.g. 1.7B:frontier (one that would not fit in memory here)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/scale.md"))
     args = parser.parse_args()
 
@@ -89,8 +91,9 @@ def main() -> None:
     started = time.perf_counter()
     for size in args.sizes:  # each size in a fresh process (its model, its scratch project)
         with tempfile.TemporaryDirectory(prefix=f"taskprune-scale-{size}-") as tmp:
+            skipped = ",".join(item.split(":", 1)[1] for item in args.skip if item.startswith(f"{size}:")) or "-"
             done = subprocess.run([sys.executable, __file__, "--one", size, tmp, str(args.samples),
-                                   ",".join(args.methods)], capture_output=True, text=True)
+                                   ",".join(args.methods), skipped], capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(done.stderr[-3000:])
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -99,6 +102,10 @@ def main() -> None:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         for name in STAGES[1:]:
+            if name not in r:
+                lines.append(f"| SmolLM2-{r['size']} shape | {r['params'] / 1e6:.0f}M | {r['gb']:.2f} | {name} | "
+                             "not run | - | - |")
+                continue
             seconds, rss = r[name]
             lines.append(f"| SmolLM2-{r['size']} shape | {r['params'] / 1e6:.0f}M | {r['gb']:.2f} | {name} | "
                          f"{seconds:.0f} | {rss:.2f} | {rss / r['gb']:.2f} |")
@@ -110,7 +117,7 @@ def main() -> None:
     write_report(args.out, lines)
 
 
-def one(size: str, tmp: str, samples: str, methods: str) -> None:
+def one(size: str, tmp: str, samples: str, methods: str, skipped: str) -> None:
     """One size in this (fresh) process: make the model, run the stages, print a dict literal of the results."""
     from taskprune import config
     from taskprune.paths import Project
@@ -121,17 +128,18 @@ def one(size: str, tmp: str, samples: str, methods: str) -> None:
     shutil.copy(home.params_file, root / "params.yaml")
     params_count = make_model(size, home.dense_model, root / "artifacts" / "model" / "dense")
     config.write_overrides(root / "params.yaml", [
-        f"calibration.num_samples={samples}", f"target.methods=[{methods}]", "target.levels=[0.1]", "target.refine=0",
+        f"calibration.num_samples={samples}", f"target.methods=[{methods}]", f"prune.method={methods.split(',')[0]}", "target.levels=[0.1]", "target.refine=0",
         "target.decode_rounds=1", "target.max_accuracy_drop=0.05", "task.validation_fraction=0.1",
         "task.calib_fraction=0.3"])
     result = {"size": size, "params": params_count, "gb": params_count * 4 / 1e9}
     for name in STAGES:
-        result[name] = run_stage(root, name)
+        if name not in skipped.split(","):
+            result[name] = run_stage(root, name)
     print(json.dumps(result))
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        one(*sys.argv[2:6])
+        one(*sys.argv[2:7])
     else:
         main()

@@ -109,7 +109,6 @@ def main() -> None:
             chosen_models: dict[str, Path] = {}
             for method in args.methods:
                 frontier.scores = {}
-                method_started = time.perf_counter()
                 for budget in args.budgets:
                     budgeted = params.model_copy(update={"target": params.target.model_copy(
                         update={"max_accuracy_drop": budget})})
@@ -138,7 +137,7 @@ def main() -> None:
                         chosen_models[key] = shutil.copytree(directory, Path(tmp) / key.replace(" ", "-"))
                         row.update(test=result, model=key)
                     rows.append(row)
-                search_seconds = time.perf_counter() - method_started
+                search_seconds = sum(point.seconds for (m, _), point in made.items() if m == method)
                 for row in rows:
                     if row["task"] == name and row["method"] == method:
                         row["search_seconds"], row["forward_seconds"] = search_seconds, forward
@@ -185,7 +184,7 @@ def report(args, rows: list[dict], notes: list[str], started: float) -> None:
               f"SmolLM2-135M-Instruct, CPU, {os.cpu_count()} cores. Validation split {args.validation:g} "
               f"of each task; levels {args.levels}, {args.refine} bisection steps; recovery in the loop: "
               f"{'yes' if args.recover else 'no'}. Search time: the frontier's points of one method for all budgets "
-              f"(each point made once), divided by one forward pass of the dense model over the calibration tokens "
+              f"(each point made once: its score, prune and validation accuracy), divided by one forward pass of the dense model over the calibration tokens "
               f"of both sides. Decode: {p.evaluate.decode_tokens} new tokens at batch 1, median of "
               f"{args.decode_rounds} interleaved rounds. Whole benchmark: {time.perf_counter() - started:.0f} s "
               f"(calibrate {statistics.mean(r.get('calibrate_seconds', 0) for r in rows):.0f} s per task)."]
