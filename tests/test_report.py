@@ -59,15 +59,18 @@ def test_sparsity_run_report_has_table_heatmap_loss_curve_and_stage_times():
     assert "wanda-&lt;run&gt;" in html  # names are escaped
     assert ["dense", "pruned", "pruned + LoRA"] == page.cells[1:4]
     assert "0.6000" in page.cells and "calibrate" in page.cells
-    assert {"Sparsity per layer", "Recovery: loss", "Task- and general-exclusive input channels"} <= set(page.headings)
-    assert len(page.images) == 3 and all(w > 300 and h > 150 for w, h in decoded_sizes(page))
+    assert {"Recovery: loss", "Task- and general-exclusive input channels"} <= set(page.headings)
+    assert "Sparsity per layer" not in page.headings  # 0.5 everywhere: a flat block says nothing, the table does
+    assert len(page.images) == 2 and all(w > 300 and h > 150 for w, h in decoded_sizes(page))
+    owl = parse(html_report(metrics, per_matrix_of({"0.mlp.up_proj": 0.45, "1.mlp.up_proj": 0.55}), "owl-run"))
+    assert "Sparsity per layer" in owl.headings
     assert "LoRA recovery: 2 steps" in html
 
 
 def test_sieve_report_has_rank_map_convergence_and_pareto_table():
     search = {"enabled": True, "kind": "lowrank", "reduction": 0.4, "fitness": "loglik", "uniform_fitness": -3.0,
               "objective": "pareto", "generations": 2, "best_fitness": -2.0,
-              "matrix_reduction": {f"{i}.self_attn.q_proj": 0.4 for i in range(2)},
+              "matrix_reduction": {f"{i}.self_attn.q_proj": 0.3 + 0.2 * i for i in range(2)},
               "history": [{"generation": 1, "best": -2.5, "mean": -3.0}, {"generation": 2, "best": -2.0, "mean": -2.4}],
               "front": [{"cost": 10, "size_fraction": 0.3, "fitness": -4.0},
                         {"cost": 20, "size_fraction": 0.6, "fitness": -2.0}]}
@@ -110,7 +113,7 @@ def target_metrics() -> dict:
 
 def test_a_target_run_report_leads_with_the_answer_and_shows_the_frontier():
     per_matrix = {"name": "reduction_per_matrix", "title": "parameters removed per matrix",
-                  "quantity": "share of the matrix's parameters removed", "values": {"0.mlp.down_proj": 0.1}}
+                  "quantity": "share of the matrix's parameters removed", "values": {"0.mlp.down_proj": 0.1, "0.self_attn.o_proj": 0.0}}
     html = html_report(target_metrics(), per_matrix, "structured-run", frontier=FRONTIER)
     page = parse(html)
     answer = ("smallest model within 5% of dense accuracy (structured): 10% fewer decoder-linear parameters, 1.05x "

@@ -15,7 +15,7 @@ def test_register_creates_run_version_alias_and_tags(tmp_path, tiny_llama_dir):
     metrics = {"task": "capital", "method": "wanda", "dense": dict(side, chance_accuracy=0.25),
                "pruned": dict(side, sparsity=0.5), "run_seconds": 3.0}
     kwargs = dict(params=params, state_dir=tmp_path, task_label="capital", metrics=metrics,
-                  per_matrix=per_matrix_of({"0.mlp.up_proj": 0.5, "1.mlp.up_proj": 0.5}),
+                  per_matrix=per_matrix_of({"0.mlp.up_proj": 0.45, "1.mlp.up_proj": 0.55}),
                   stage_records={"calibrate": {"stage": "calibrate", "seconds": 1.5}},
                   model_dir=tiny_llama_dir, artifacts=[], lineage_tags={"git_commit": "abc", "dvc.masks_md5": "m5"})
     first = register_result(**kwargs)
@@ -77,7 +77,7 @@ def test_sieve_run_logs_convergence_pareto_front_and_the_factorized_model_as_fil
     side = {"task_accuracy": 0.5, "perplexity": 10.0, "params": 100, "nonzero_params": 50,
             "decoder_linear_params": 80, "bytes_on_disk": 400, "tokens_per_s": 12.0}
     search = {"enabled": True, "kind": "lowrank", "reduction": 0.4, "fitness": "loglik", "uniform_fitness": -3.0,
-              "matrix_reduction": {k: 0.4 for k in linears},
+              "matrix_reduction": {k: 0.3 + 0.2 * (i % 2) for i, k in enumerate(linears)},
               "history": [{"generation": 1, "best": -2.5, "mean": -3.0}, {"generation": 2, "best": -2.0, "mean": -2.4}],
               "front": [{"cost": 10, "size_fraction": 0.3, "fitness": -4.0},
                         {"cost": 20, "size_fraction": 0.6, "fitness": -2.0}]}

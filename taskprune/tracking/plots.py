@@ -130,8 +130,9 @@ def run_figures(run_name: str, per_matrix: dict, search: dict | None = None,
     """Artifact path -> figure, for every plot this run has. ``per_matrix``: what the method reports per
     decoder matrix (``name``, ``title``, ``quantity``, ``values``; the pruned model's stage.json)."""
     figures = {"plots/frontier.png": frontier_figure(frontier, run_name)} if frontier else {}
-    figures[f"plots/{per_matrix['name']}.png"] = sparsity_figure(
-        per_matrix["values"], f"{run_name}: {per_matrix['title']}", per_matrix["quantity"])
+    if len(set(per_matrix["values"].values())) > 1:  # a uniform value would be one flat block: no figure
+        figures[f"plots/{per_matrix['name']}.png"] = sparsity_figure(
+            per_matrix["values"], f"{run_name}: {per_matrix['title']}", per_matrix["quantity"])
     if exclusive:
         figures["plots/exclusive_channels.png"] = exclusive_figure(exclusive, f"{run_name}: exclusive channels")
     if search and search.get("history"):
