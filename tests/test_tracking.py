@@ -26,7 +26,8 @@ def test_register_creates_run_version_alias_and_tags(tmp_path, tiny_llama_dir):
     version = client.get_model_version("taskprune-capital", "1")
     assert version.tags["git_commit"] == "abc" and version.tags["dvc.masks_md5"] == "m5"
     assert version.tags["method"] == "wanda" and version.tags["task"] == "capital"
-    assert version.tags["eval.task_accuracy"] == "0.5" and version.tags["dense.nonzero_params"] == "50"
+    assert version.tags["eval.task_accuracy"] == "0.5000" and version.tags["dense.nonzero_params"] == "50"
+    assert not [t for t in version.tags if t.startswith("pruned.")]  # one tag per fact
     run = client.get_run(first["run_id"])
     assert run.data.metrics["pruned.task_accuracy"] == 0.5
     assert run.data.params["prune.sparsity"] == "0.5"
@@ -54,7 +55,7 @@ def test_recovered_model_is_registered_with_its_parent_and_loss_curve(tmp_path, 
     client = MlflowClient(tracking_uri=params.tracking.uri)
     assert (result["version"], result["recovered_version"]) == ("1", "2")
     recovered = client.get_model_version("taskprune-capital", "2")
-    assert recovered.tags["parent_version"] == "1" and recovered.tags["recovered.task_accuracy"] == "0.6"
+    assert recovered.tags["parent_version"] == "1" and recovered.tags["eval.task_accuracy"] == "0.6000"
     assert str(client.get_registered_model("taskprune-capital").aliases[CHALLENGER]) == "2"
     curve = client.get_metric_history(result["run_id"], "recover.loss")
     assert [(m.step, m.value) for m in curve] == [(1, 2.0), (2, 1.5), (3, 1.2)]

@@ -151,7 +151,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
             client.create_registered_model(name, tags={"task": task_label},
                                            description=f"Pruned models for task {task_label} (TaskPrune)")
         version, model_uri = _new_version(client, name, run.info.run_id, model_dir, "model", tags, metrics["pruned"],
-                                          "pruned", metrics["dense"], summary)
+                                          metrics["dense"], summary)
         result = {"version": version, "model_uri": model_uri}
         if recovered_dir is not None and "recovered" in metrics:
             if history:
@@ -160,7 +160,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
                               "recover.merge": str(metrics["recovery"]["merge"])}
             result["recovered_version"], result["recovered_model_uri"] = _new_version(
                 client, name, run.info.run_id, recovered_dir, "model_recovered", recovered_tags,
-                metrics["recovered"], "recovered", metrics["dense"], result_summary(task_label, metrics, "recovered"))
+                metrics["recovered"], metrics["dense"], result_summary(task_label, metrics, "recovered"))
         newest = result.get("recovered_version", version)
         client.set_registered_model_alias(name, CHALLENGER, newest)
     return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": redact(uri),
@@ -168,7 +168,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
 
 
 def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str, tags: dict, block: dict,
-                 side: str, dense: dict, description: str) -> tuple[str, str]:
+                 dense: dict, description: str) -> tuple[str, str]:
     """Log the model of ``model_dir`` to the active run and register it; returns (version, model uri)."""
     import mlflow
 
@@ -183,10 +183,9 @@ def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str,
             pip_requirements=["transformers", "torch", "safetensors"])
         # a REST server refuses a models:/ source without the logged model's id (a SQLite store does not ask)
         model_uri, model_id = info.model_uri, info.model_id
-    keys = ("task_accuracy", "perplexity", "bytes_on_disk", "nonzero_params")
-    results = {**{f"{side}.{k}": str(block[k]) for k in keys},
-               **{f"eval.{k}": str(block[k]) for k in keys},  # side-neutral names, read by the promotion rule
-               **{f"dense.{k}": str(dense[k]) for k in keys}}
+    # one tag per fact, rounded for reading (full precision is in the run's metrics): this version's own results
+    # (``eval.*``, read by the promotion rule; the ``recovered`` tag says which model it is) and dense's
+    results = {**{f"eval.{k}": _shown(k, block[k]) for k in TAGGED}, **{f"dense.{k}": _shown(k, dense[k]) for k in TAGGED}}
     version = client.create_model_version(name=name, source=model_uri, run_id=run_id, tags={**tags, **results},
                                           model_id=model_id, description=description)
     if model_id:  # the logged model's page links the version (what mlflow.register_model records)
@@ -194,6 +193,18 @@ def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str,
         links = json.loads(logged.tags.get(MODEL_VERSIONS_TAG, "[]")) + [{"name": name, "version": version.version}]
         client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: json.dumps(links)})
     return str(version.version), model_uri
+
+
+TAGGED = ("task_accuracy", "perplexity", "bytes_on_disk", "nonzero_params")
+
+
+def _shown(key: str, value) -> str:
+    """A metric as a model-version tag: accuracy to 4 places, perplexity to 2, counts whole."""
+    if key == "task_accuracy":
+        return f"{value:.4f}"
+    if key == "perplexity":
+        return f"{value:.2f}"
+    return str(int(value))
 
 
 def _millis(seconds: float) -> int:
