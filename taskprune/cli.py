@@ -168,6 +168,24 @@ def models(name: Annotated[Optional[str], typer.Option(help="Registered model (d
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # piped: do not cut the columns
 
 
+def _no_type_for_flags() -> None:
+    """typer 0.29 on click 8.5 shows ``<bool>`` beside every flag (``--dry-run``, ``--help``), which takes no value,
+    and ``<str>``/``<int>`` beside options: no type for flags, and the option's own name (``VERSION``) for values."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "taskprune", False):
+        return
+
+    def display_type_rich(self, ctx):
+        if self.is_flag:
+            return None
+        return self.metavar or (self.name or "").upper() or shown(self, ctx)
+
+    display_type_rich.taskprune = True
+    TyperOption.display_type_rich = display_type_rich
+
+
 def main(application: typer.Typer = app, argv: Optional[list[str]] = None) -> None:
     """Entry point: user errors print one clear message and exit 2 (no traceback)."""
     try:
@@ -176,6 +194,7 @@ def main(application: typer.Typer = app, argv: Optional[list[str]] = None) -> No
         env.apply()
     install_log_filter()
     show_retries()
+    _no_type_for_flags()
     try:
         application(args=argv)
     except TaskPruneError as exc:

@@ -1,6 +1,7 @@
 """The CLI's contract on bad input: one clear message, exit 2, nothing written."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def test_help_lists_run_first_shows_key_value_and_there_is_a_version(capsys):
     from flows.app import app
     from taskprune.cli import main
 
-    for argv in (["--help"], ["run", "--help"], ["--version"]):
+    for argv in (["--help"], ["run", "--help"], ["promote", "--help"], ["ui", "--help"], ["--version"]):
         with pytest.raises(SystemExit) as done:
             main(app, argv)
         assert done.value.code == 0
@@ -85,7 +86,8 @@ def test_help_lists_run_first_shows_key_value_and_there_is_a_version(capsys):
                 and line.split()[1] in {"run", "stage", "register", "init", "report", "show", "methods", "promote",
                                         "models"}]
     assert commands[:2] == ["run", "stage"]
-    assert "KEY=VALUE" in out and "list[str]" not in out
+    assert "KEY=VALUE" in out and "VERSION" in out and "MLFLOW_PORT" in out
+    assert not re.search(r"<(bool|str|int|list\[str\])>", out)  # no type placeholders
     assert out.rstrip().splitlines()[-1].startswith("taskprune ")
 
 
