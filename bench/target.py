@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.02, 0.05])
     parser.add_argument("--levels", nargs="+", type=float, default=[0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     parser.add_argument("--refine", type=int, default=2)
+    parser.add_argument("--patience", type=int, default=2, help="target.patience")
     parser.add_argument("--validation", type=float, default=0.2, help="task.validation_fraction")
     parser.add_argument("--recover", action="store_true", help="recovery in the loop (recover.* of params.yaml)")
     parser.add_argument("--decode-rounds", type=int, default=5)
@@ -96,7 +97,7 @@ def main() -> None:
             project = scratch(Path(tmp) / name, home)
             base = task_overrides(task) + [
                 "target.max_accuracy_drop=0.05", f"task.validation_fraction={args.validation}", f"target.methods=[{', '.join(args.methods)}]",
-                f"target.levels=[{', '.join(map(str, args.levels))}]", f"target.refine={args.refine}",
+                f"target.levels=[{', '.join(map(str, args.levels))}]", f"target.refine={args.refine}", f"target.patience={args.patience}",
                 "target.decode_rounds=0", f"recover.enabled={str(args.recover).lower()}"]
             params = config.load(project.params_file, base)
             stage("prepare_data", params, project)
@@ -119,7 +120,8 @@ def main() -> None:
                         point = judge(made[(method, level)], budgeted, frontier.dense_accuracy)
                         return type(point)(**{**point.as_dict(), "reasons": list(point.reasons)})
 
-                    points = search_levels(measure, params.target.levels, params.target.refine)
+                    points = search_levels(measure, params.target.levels, params.target.refine,
+                                           params.target.patience)
                     best, inside = choose(points, "parameters")
                     print(json.dumps({"task": name, "method": method, "budget": budget, "level": best.level,
                                       "inside": inside, "validation": best.validation_accuracy}), flush=True)
@@ -182,7 +184,8 @@ def report(args, rows: list[dict], notes: list[str], started: float) -> None:
     lines += ["", f"- validation-chosen point within the budget on the test split: {within} of {cells} cells "
                   "that found a point", *[f"- {n}" for n in notes], "",
               f"SmolLM2-135M-Instruct, CPU, {os.cpu_count()} cores. Validation split {args.validation:g} "
-              f"of each task; levels {args.levels}, {args.refine} bisection steps; recovery in the loop: "
+              f"of each task; levels {args.levels}, walk stopped after {args.patience} outside in a row, {args.refine} "
+              f"bisection steps; recovery in the loop: "
               f"{'yes' if args.recover else 'no'}. Search time: the frontier's points of one method for all budgets "
               f"(each point made once: its score, prune and validation accuracy), divided by one forward pass of the dense model over the calibration tokens "
               f"of both sides. Decode: {p.evaluate.decode_tokens} new tokens at batch 1, median of "

@@ -314,8 +314,10 @@ class TargetConfig(_Strict):
     levels: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.4, 0.5],
                                 description="Compression levels tried in order (the method's level: share of "
                                             "decoder-linear parameters removed, or sparsity)")
-    refine: int = Field(2, ge=0, le=8, description="Bisection steps between the last level within the budget and "
-                                                   "the first outside it")
+    patience: int = Field(2, ge=1, le=10, description="The grid walk stops after this many levels in a row outside "
+                                                      "the budget")
+    refine: int = Field(2, ge=0, le=8, description="Bisection steps between the highest level within the budget and "
+                                                   "the first outside above it")
     decode_rounds: int = Field(3, ge=0, le=50, description="Decode timing of each point next to dense, rounds "
                                                            "interleaved (0: not timed)")
 

@@ -2,9 +2,9 @@
 a size or speed floor); TaskPrune finds, for each allowed method, the largest compression level whose
 **validation** accuracy stays within it, and picks the best of those by ``target.objective``.
 
-The level search (``search_levels``) walks the grid ``target.levels`` upwards and stops at the first level outside
-the budget (accuracy falls with compression, so the levels above it are not tried), then bisects ``target.refine``
-times between the last level inside and the first outside. Every point tried is kept (the frontier). The stages
+The level search (``search_levels``) walks the grid ``target.levels`` upwards and stops after ``target.patience``
+levels in a row outside the budget (accuracy falls with compression, so the levels above them are not tried), then
+bisects ``target.refine`` times between the highest level inside and the first outside above it. Every point tried is kept (the frontier). The stages
 after ``frontier`` run at the chosen point (``resolved``): the pruned model, its test accuracy, recovery and
 registration are those of that one configuration.
 """
@@ -107,18 +107,23 @@ def judge(point: Point, params: Params, dense_accuracy: float) -> Point:
     return point
 
 
-def search_levels(measure: Callable[[float], Point], levels: list[float], refine: int) -> list[Point]:
-    """The grid upwards until the first point outside the budget, then ``refine`` bisection steps between the
-    last level inside (or 0) and the first outside. Returns every point measured, in the order measured."""
+def search_levels(measure: Callable[[float], Point], levels: list[float], refine: int,
+                  patience: int = 1) -> list[Point]:
+    """The grid upwards until ``patience`` levels in a row are outside the budget (one unlucky level on a small
+    validation sample does not end the walk), then ``refine`` bisection steps between the highest level inside
+    (or 0) and the first level outside above it. Returns every point measured, in the order measured."""
     points: list[Point] = []
-    inside, outside = 0.0, None
+    inside, outside, misses = 0.0, None, 0
     for level in sorted(levels):
         point = measure(level)
         points.append(point)
-        if not point.within:
-            outside = level
+        if point.within:
+            inside, outside, misses = level, None, 0
+            continue
+        outside = level if outside is None else outside
+        misses += 1
+        if misses >= patience:
             break
-        inside = level
     for _ in range(refine if outside is not None else 0):
         level = round((inside + outside) / 2, 4)
         if level in (inside, outside):

@@ -63,12 +63,18 @@ def test_the_level_search_stops_at_the_first_failure_then_bisects():
         measured.append(level)
         return judge(_point(level, round(0.8 - 0.4 * level, 6)), params, 0.8)
 
-    points = search_levels(measure, [0.1, 0.3, 0.5, 0.7], refine=2)
-    assert measured == [0.1, 0.3, 0.2, 0.25]  # 0.5 and 0.7 are never tried
-    assert [p.within for p in points] == [True, False, True, False]
+    points = search_levels(measure, [0.1, 0.3, 0.5, 0.7], refine=2, patience=2)
+    assert measured == [0.1, 0.3, 0.5, 0.2, 0.25]  # two outside in a row end the walk: 0.7 is never tried
+    assert [p.within for p in points] == [True, False, False, True, False]
     best, inside = choose(points, "parameters")
     assert inside and best.level == 0.2
     assert "validation accuracy 0.700 < 0.720 allowed" in points[-1].reasons[0]
+
+    # one unlucky level does not end the walk: 0.3 fails on a small sample, 0.5 passes, 0.7 and 0.9 fail
+    lucky = {0.1: 0.8, 0.3: 0.7, 0.5: 0.78, 0.6: 0.77, 0.7: 0.6, 0.9: 0.5}
+    walk = search_levels(lambda level: judge(_point(level, lucky[level]), params, 0.8), [0.1, 0.3, 0.5, 0.7, 0.9],
+                         refine=1, patience=2)
+    assert [p.level for p in walk] == [0.1, 0.3, 0.5, 0.7, 0.9, 0.6] and choose(walk, "parameters")[0].level == 0.6
 
 
 def test_the_choice_follows_the_objective_and_says_when_nothing_fits():

@@ -25,11 +25,13 @@ def run(params: Params, project: Project) -> None:
     print(f"frontier: dense validation accuracy {frontier.dense_accuracy:.3f} on "
           f"{len(read_jsonl(frontier.validation))} validation examples; budget: at least {floor:.3f} "
           f"({cfg.max_accuracy_drop:.0%} drop); methods {', '.join(cfg.methods)}; levels "
-          f"{', '.join(f'{v:g}' for v in cfg.levels)}, {cfg.refine} refinement step(s)", flush=True)
+          f"{', '.join(f'{v:g}' for v in cfg.levels)} (stop after {cfg.patience} outside in a row), {cfg.refine} "
+          "bisection step(s)", flush=True)
     points = []
     for name in cfg.methods:
         frontier.scores = {}
-        points += search_levels(lambda level, name=name: frontier.measure(name, level), cfg.levels, cfg.refine)
+        points += search_levels(lambda level, name=name: frontier.measure(name, level), cfg.levels, cfg.refine,
+                                cfg.patience)
     chosen, inside = choose(points, cfg.objective)
     best = {"method": chosen.method, "level": chosen.level, "within_budget": inside,
             "level_key": get_method(chosen.method).level_key, "validation_accuracy": chosen.validation_accuracy,
