@@ -63,10 +63,12 @@ def target_answer(metrics: dict) -> str | None:
     final = metrics.get("recovered", metrics["pruned"])
     dense = metrics["dense"]
     if not chosen["within_budget"]:
+        bound = chosen.get("accuracy_bound")
+        sure = f", at least {bound:.3f} at {target.get('confidence', 0.95):.0%} confidence" if bound is not None else ""
         return (f"no model within {budget} of dense accuracy among {target['points']} points tried: the closest, "
-                f"{chosen['method']} with {chosen['reduction']:.0%} fewer decoder-linear parameters, reached "
-                f"validation accuracy {chosen['validation_accuracy']:.3f} (at least "
-                f"{target['min_validation_accuracy']:.3f} allowed); built and evaluated, not registered")
+                f"{chosen['method']} with {chosen['reduction']:.1%} fewer decoder-linear parameters, reached "
+                f"validation accuracy {chosen['validation_accuracy']:.3f}{sure} ({target['min_validation_accuracy']:.3f} "
+                "needed); built and evaluated, not registered")
     speed = f", {chosen['speedup']:.2f}x decode" if chosen.get("speedup") else ""
     return (f"smallest model within {budget} of dense accuracy ({chosen['method']}): {chosen['reduction']:.0%} fewer "
             f"decoder-linear parameters{speed}, {final['bytes_on_disk'] / 1e6:.0f} MB on disk (dense "

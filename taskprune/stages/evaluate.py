@@ -83,6 +83,7 @@ def build_metrics(params: Params, project: Project, data_info: dict) -> dict:
     if params.target.enabled and frontier_file.is_file():  # target mode: the budget and the point chosen
         frontier = read_json(frontier_file)
         metrics["target"] = {**frontier["budget"], "objective": frontier["objective"],
+                             "confidence": params.target.confidence,
                              "dense_validation_accuracy": frontier["dense"]["validation_accuracy"],
                              "validation_examples": frontier["validation_examples"],
                              "points": len(frontier["points"]), "choice": frontier["choice"]}

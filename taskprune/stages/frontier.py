@@ -35,7 +35,8 @@ def run(params: Params, project: Project) -> None:
     chosen, inside = choose(points, cfg.objective)
     best = {"method": chosen.method, "level": chosen.level, "within_budget": inside,
             "level_key": get_method(chosen.method).level_key, "validation_accuracy": chosen.validation_accuracy,
-            "reduction": chosen.reduction, "bytes_fraction": chosen.bytes_fraction, "speedup": chosen.speedup}
+            "accuracy_bound": chosen.accuracy_bound, "reduction": chosen.reduction,
+            "bytes_fraction": chosen.bytes_fraction, "speedup": chosen.speedup}
     with atomic_dir(project.frontier) as out:
         write_json(out / "frontier.json", {
             "dense": {"validation_accuracy": frontier.dense_accuracy, "bytes_on_disk": frontier.dense_size[
@@ -52,5 +53,5 @@ def run(params: Params, project: Project) -> None:
               f"parameters, validation accuracy {chosen.validation_accuracy:.3f}) of {len(points)} points tried")
     else:
         print(f"frontier: no point is within the budget; the closest is {chosen.method} at {chosen.level:g} "
-              f"(validation accuracy {chosen.validation_accuracy:.3f} < {floor:.3f}); it is built and evaluated "
-              "but not registered as a candidate for promotion")
+              f"({'; '.join(chosen.reasons)}); it is built and evaluated but not registered as a candidate for "
+              "promotion")

@@ -248,7 +248,7 @@ def _log_datasets(task_label: str, datasets: dict[str, Path]) -> None:
             with warnings.catch_warnings():  # schema hints about integer columns, meant for model signatures
                 warnings.simplefilter("ignore", UserWarning)
                 dataset = mlflow.data.from_pandas(frame, source=path.resolve().as_uri(), name=name)
-            mlflow.log_input(dataset, context=context)
+                mlflow.log_input(dataset, context=context)
 
 
 def _log_frontier_runs(client, experiment_id: str, parent_id: str, frontier: dict, record: dict) -> None:
