@@ -111,7 +111,7 @@ def main() -> None:
                          f"{seconds:.0f} | {rss:.2f} | {rss / r['gb']:.2f} |")
     lines += ["", f"Random-initialised SmolLM2-shaped Llamas, CPU, {os.cpu_count()} cores; target mode with methods "
                   f"{args.methods}, calibration {args.samples} x 128 tokens per side, one level (0.1), no refinement, "
-                  f"validation accuracy on 40 examples of capital, decode timed in 1 round. Each stage in its own "
+                  f"validation accuracy on a tenth of capital (47 questions), decode timed in 1 round. Each stage in its own "
                   f"process (`taskprune stage`); peak RSS is that process's maximum resident set. Whole benchmark: "
                   f"{time.perf_counter() - started:.0f} s."]
     write_report(args.out, lines)
