@@ -114,7 +114,7 @@ def test_run_against_mlflow_server_and_s3_then_dvc_push_pull(servers, tmp_path, 
 
     client = MlflowClient(tracking_uri=mlflow_uri)
     version = client.get_model_version(registered["registered_model"], "1")
-    assert version.tags["eval.task_accuracy"] == str(metrics["pruned"]["task_accuracy"])
+    assert version.tags["eval.task_accuracy"] == f"{metrics['pruned']['task_accuracy']:.4f}"  # rounded for reading
     stored = [o["Key"] for o in s3.list_objects_v2(Bucket="taskprune", Prefix="mlflow/")["Contents"]]
     assert any(key.endswith("model.safetensors") for key in stored), stored[:20]  # artifacts went to S3
     local = client.download_artifacts(registered["run_id"], "metrics.json", str(tmp_path))  # proxied back
