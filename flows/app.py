@@ -90,8 +90,9 @@ def ui(
         command = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(mlflow_port)]
         servers.append(("MLflow", f"http://{host}:{mlflow_port}", "/health", command,
                         {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}))
-        lines.append(f"MLflow:  http://{host}:{mlflow_port}  experiment '{params.tracking.experiment}' (runs, a child "
-                     "run per stage and per point tried; Models: the registry, alias champion/challenger)")
+        lines.append(f"MLflow:  http://{host}:{mlflow_port}{_training_view(uri, params.tracking.experiment)}  "
+                     f"experiment '{params.tracking.experiment}' in the Model training view (runs, a child run per "
+                     "stage and per point tried; Models: the registry, aliases champion and challenger)")
     else:
         lines.append(f"MLflow:  {redact(uri)} (tracking.uri: that server's own UI)")
     if os.environ.get("PREFECT_API_URL"):
@@ -126,6 +127,15 @@ def ui(
             os.killpg(process.pid, signal.SIGTERM)
         for process in started:
             process.wait(timeout=30)
+
+
+def _training_view(uri: str, experiment: str) -> str:
+    """The path of the experiment's runs in MLflow 3's "Model training" view (its UI opens the GenAI view)."""
+    from mlflow import MlflowClient
+
+    found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    where = f"/#/experiments/{found.experiment_id}/runs" if found is not None else "/#/experiments"
+    return f"{where}?workflowType=machine_learning"
 
 
 def _wait_until_up(url: str, name: str, process, seconds: float = 120) -> None:

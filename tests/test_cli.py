@@ -114,6 +114,7 @@ def test_ui_opens_mlflow_and_prefect_on_the_project_stores_and_stops_them(tmp_pa
             assert line or ui.poll() is None, ui.stderr.read()[-2000:]
             lines.append(line)
         assert any(f"http://127.0.0.1:{ports[1]}/runs" in line for line in lines)
+        assert any("workflowType=machine_learning" in line for line in lines)  # MLflow's Model training view
         for url in (f"http://127.0.0.1:{ports[0]}/health", f"http://127.0.0.1:{ports[1]}/api/health"):
             with urllib.request.urlopen(url, timeout=10) as answer:
                 assert answer.status == 200, url
