@@ -90,7 +90,7 @@ def ui(
         command = [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(mlflow_port)]
         servers.append(("MLflow", f"http://{host}:{mlflow_port}", "/health", command,
                         {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}))
-        lines.append(f"MLflow:  http://{host}:{mlflow_port}{_training_view(uri, params.tracking.experiment)}  "
+        lines.append(f"MLflow:  http://{host}:{mlflow_port}{{view}}  "
                      f"experiment '{params.tracking.experiment}' in the Model training view (runs, a child run per "
                      "stage and per point tried; Models: the registry, aliases champion and challenger)")
     else:
@@ -117,7 +117,9 @@ def ui(
             started.append(subprocess.Popen(command, env={**os.environ, **extra}, stdout=subprocess.DEVNULL,
                                             stderr=subprocess.DEVNULL, start_new_session=True))
             _wait_until_up(f"{url}{health}", name, started[-1])
-        print("\n".join(lines) + ("\nCtrl-C stops them." if started else ""), flush=True)
+        view = _training_view(f"http://{host}:{mlflow_port}", params.tracking.experiment) \
+            if uri.startswith("sqlite:") else ""
+        print("\n".join(lines).replace("{view}", view) + ("\nCtrl-C stops them." if started else ""), flush=True)
         while started and all(process.poll() is None for process in started):
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -129,12 +131,20 @@ def ui(
             process.wait(timeout=30)
 
 
-def _training_view(uri: str, experiment: str) -> str:
-    """The path of the experiment's runs in MLflow 3's "Model training" view (its UI opens the GenAI view)."""
-    from mlflow import MlflowClient
+def _training_view(server: str, experiment: str) -> str:
+    """The path of the experiment's runs in MLflow 3's "Model training" view (its UI opens the GenAI view), asked
+    of the running UI server (which owns the store); the experiments list if it cannot say."""
+    import json
+    import urllib.parse
+    import urllib.request
 
-    found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
-    where = f"/#/experiments/{found.experiment_id}/runs" if found is not None else "/#/experiments"
+    where = "/#/experiments"
+    try:
+        query = urllib.parse.urlencode({"experiment_name": experiment})
+        with urllib.request.urlopen(f"{server}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout=10) as answer:
+            where = f"/#/experiments/{json.load(answer)['experiment']['experiment_id']}/runs"
+    except (OSError, KeyError, ValueError):  # no such experiment yet (404), or no answer
+        pass
     return f"{where}?workflowType=machine_learning"
 
 
