@@ -104,14 +104,15 @@ def test_ui_opens_mlflow_and_prefect_on_the_project_stores_and_stops_them(tmp_pa
 
     project = make_project(tmp_path / "proj", git=False)
     ports = free_port(), free_port()
+    environment = {k: v for k, v in cli_env(project).items() if k != "PREFECT_API_URL"}  # the local-store case
     ui = subprocess.Popen([str(Path(sys.executable).with_name("taskprune")), "ui", "--mlflow-port", str(ports[0]),
-                           "--prefect-port", str(ports[1])], cwd=project, env=cli_env(project),
+                           "--prefect-port", str(ports[1])], cwd=project, env=environment,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lines = []
         while not any("Ctrl-C stops them" in line for line in lines):
             line = ui.stdout.readline()
-            assert line or ui.poll() is None, ui.stderr.read()[-2000:]
+            assert line or ui.poll() is None, "".join(lines) + ui.stderr.read()[-2000:]
             lines.append(line)
         assert any(f"http://127.0.0.1:{ports[1]}/runs" in line for line in lines)
         assert any("workflowType=machine_learning" in line for line in lines)  # MLflow's Model training view
