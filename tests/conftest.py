@@ -4,13 +4,26 @@ architectures, saved as safetensors directories (no hub, no network)."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from taskprune import env
-from taskprune.scaffold import PROJECT_FILES
+
+def share_cores() -> None:
+    """Under pytest-xdist (``-n auto``) each worker and the subprocesses it starts get their share of the cores:
+    torch's default of one thread per core in every worker would oversubscribe the machine several times over."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, str(max(1, (os.cpu_count() or 1) // workers)))
+
+
+share_cores()  # before anything imports torch
+
+from taskprune import env  # noqa: E402
+from taskprune.scaffold import PROJECT_FILES  # noqa: E402
 
 env.apply()
 
@@ -123,6 +136,12 @@ def write_general_text(path: Path, paragraphs: int = 200) -> Path:
     text = "\n\n".join(" ".join(rng.choice(words) for _ in range(30)).capitalize() + "." for _ in range(paragraphs))
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first: spread over xdist's workers from the start, they do not end up queued
+    behind each other at the end of the run while the other worker idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
