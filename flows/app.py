@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -166,8 +166,27 @@ def _wait_until_up(url: str, name: str, process, seconds: float = 120) -> None:
     raise TaskPruneError(f"the {name} UI did not answer at {url} within {seconds:.0f} s")
 
 
-# `run` first in the help, then `stage`, then the library's commands
-app.registered_commands.sort(key=lambda command: {"run": 0, "stage": 1}.get(command.callback.__name__, 2))
+@app.command()
+def promote(
+    version: Annotated[Optional[str], typer.Option(help="Model version to judge (default: the challenger)")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Registered model (default: this project's)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the decision, change nothing")] = False,
+) -> None:
+    """Apply the promotion rule (params.yaml `promote`) and move the `champion` alias if it passes."""
+    from prefect_tasks.locks import promotion_lock
+    from taskprune.cli import registry_client_and_name
+    from taskprune.promotion import promote as apply_rule
+    from taskprune.promotion import promotion_line
+
+    project, params, client, name = registry_client_and_name(name)
+    version, decision = apply_rule(client, name, version, params.promote, project.state / "locks", dry_run,
+                                   shared_lock=promotion_lock(name))  # serialised across machines on a server
+    print(promotion_line(client, name, version, decision, dry_run))
+
+
+# the help's order: running, then looking at results, then the registry, then the UIs
+ORDER = ("run", "stage", "register", "init", "report", "show", "methods", "models", "promote", "ui")
+app.registered_commands.sort(key=lambda command: ORDER.index(command.callback.__name__))
 
 
 def main() -> None:

@@ -27,7 +27,8 @@ def search_on_ray(project_root: str, params: dict) -> None:
 def ray_runner(address: str):
     from prefect_ray import RayTaskRunner
 
-    return RayTaskRunner(address=None if address == "local" else address,
+    # "local" reaches ray.init as is: a new Ray here, never a cluster `ray start` left running on this machine
+    return RayTaskRunner(address=address,
                          init_kwargs={"include_dashboard": False, "log_to_driver": False})
 
 

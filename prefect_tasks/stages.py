@@ -108,6 +108,7 @@ def pipeline_changes(project_root: str) -> list[str]:
 @task(name="promote", task_run_name="promote the challenger")  # MLflow's client retries; no second layer here
 def promote_challenger(project_root: str) -> str:
     """Apply the promotion rule to the newest challenger; returns the decision as a line."""
+    from prefect_tasks.locks import promotion_lock
     from taskprune.promotion import project_registry, promote, promotion_line
 
     project = Project(Path(project_root))
@@ -117,7 +118,8 @@ def promote_challenger(project_root: str) -> str:
         print(line)
         return line
     client, name = project_registry(project, params)
-    version, decision = promote(client, name, None, params.promote, project.state / "locks")
+    version, decision = promote(client, name, None, params.promote, project.state / "locks",
+                                shared_lock=promotion_lock(name))
     line = f"promotion: {promotion_line(client, name, version, decision)}"
     print(line)
     return line

@@ -1,4 +1,4 @@
-"""The library's commands (register, init, report, show, promote, models, methods); `flows.app` adds `run`
+"""The library's commands (register, init, report, show, models, methods); `flows.app` adds `run`
 and `stage` (which may run a stage through Prefect, as the pipeline table says)."""
 
 from __future__ import annotations
@@ -132,21 +132,6 @@ def registry_client_and_name(name: str | None):
 
     project, params = project_and_params()
     return (project, params, *project_registry(project, params, name))
-
-
-@app.command()
-def promote(
-    version: Annotated[Optional[str], typer.Option(help="Model version to judge (default: the challenger)")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Registered model (default: this project's)")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the decision, change nothing")] = False,
-) -> None:
-    """Apply the promotion rule (params.yaml `promote`) and move the `champion` alias if it passes."""
-    from taskprune.promotion import promote as apply_rule
-    from taskprune.promotion import promotion_line
-
-    project, params, client, name = registry_client_and_name(name)
-    version, decision = apply_rule(client, name, version, params.promote, project.state / "locks", dry_run)
-    print(promotion_line(client, name, version, decision, dry_run))
 
 
 @app.command()

@@ -11,12 +11,15 @@ model it came from and the current champion:
 A version that passes gets the alias ``champion``; every decision is written to the
 version's tags (``promotion.decision``, ``promotion.reason``, ``promotion.at``).
 Deciding and moving the alias happen under a file lock per registered model, so two
-promotions started at once on one machine are applied one after the other.
+promotions started at once on one machine are applied one after the other; the caller may
+add a lock that machines share (``prefect_tasks.locks``: a Prefect global concurrency limit),
+held inside it, so promotions from several hosts into one registry are serialised too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,13 +78,14 @@ def candidate_from_tags(version: str, tags: dict[str, str]) -> Candidate:
 
 
 def promote(client, name: str, version: str | None, rule: PromoteConfig, lock_dir: Path,
-            dry_run: bool = False) -> tuple[str, Decision]:
-    """Apply the rule to ``version`` (default: the ``challenger``); returns (version, decision)."""
+            dry_run: bool = False, shared_lock: AbstractContextManager | None = None) -> tuple[str, Decision]:
+    """Apply the rule to ``version`` (default: the ``challenger``); returns (version, decision). The
+    champion is read, the rule applied and the alias moved while both locks are held."""
     from filelock import FileLock
     from mlflow.exceptions import MlflowException
 
     lock_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock_dir / f"promote-{name}.lock")):
+    with FileLock(str(lock_dir / f"promote-{name}.lock")), shared_lock or nullcontext():
         try:
             if version is None:
                 version = str(client.get_model_version_by_alias(name, CHALLENGER).version)

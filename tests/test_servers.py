@@ -1,14 +1,12 @@
-"""The server configuration of infra/ as local processes: task data, MLflow artifacts and the DVC remote
-on S3 (a moto server), MLflow as a server with a SQLite backend and proxied S3 artifacts. One tiny
-`taskprune run` against them; then a DVC push/pull round trip; no credential in anything written.
-(Slow: about 3 minutes.)"""
+"""The server configuration of infra/ as local processes (tests/infra.py starts each from the compose
+file): PostgreSQL as MLflow's backend store, MLflow as a server with proxied S3 artifacts, task data and the
+DVC remote on S3 (a moto server in MinIO's place). One tiny `taskprune run` against them; then a DVC
+push/pull round trip; no credential in anything written. (Slow: about 3 minutes.)"""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,58 +14,39 @@ from pathlib import Path
 import pytest
 
 from conftest import make_project, make_tiny_model, write_general_text
-from pipeline_helpers import cli_env, free_port, tiny_settings, wait_for
+from infra import Infra
+from pipeline_helpers import tiny_settings
 from taskprune import config
 from taskprune.data import builtin
 
 pytestmark = pytest.mark.slow
-SECRET = "Zx9-never-log-this-secret-4711"
-ACCESS_KEY = "AKIATASKPRUNETEST01"
 BIN = Path(sys.executable).parent
 
 
 class Servers:
-    """A moto S3 server with a bucket, and an MLflow server (SQLite backend, S3 artifacts) that can be
-    stopped and started again on the same port."""
+    """Postgres, S3 with the compose file's bucket, and an MLflow server on them that can be stopped and
+    started again on the same port; ``environment`` is what a TaskPrune process gets (the worker's)."""
 
     def __init__(self, tmp_path: Path):
-        self.tmp_path, self.moto_port, self.mlflow_port = tmp_path, free_port(), free_port()
-        self.environment = {**cli_env(tmp_path), "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
-                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.moto_port}",
-                            # fail fast when the server is down (MLflow's own retries with backoff: 2 here)
-                            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-        self.environment.pop("PREFECT_API_URL", None)
-        self.uri = f"http://127.0.0.1:{self.mlflow_port}"
-        self.moto = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.moto_port)],
-                                     env=self.environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.mlflow = None
-        wait_for(f"http://127.0.0.1:{self.moto_port}/moto-api/", 60)
-        import boto3
+        self.infra = Infra(tmp_path / "infra")
+        self.infra.start_postgres()
+        self.infra.start_s3()
+        self.s3 = self.infra.s3
+        self.uri = self.start_mlflow()
+        self.environment = self.infra.client_environment(
+            # fail fast when the server is down (MLflow's own retries with backoff: 2 here)
+            MLFLOW_HTTP_REQUEST_MAX_RETRIES="2", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1", PYTHONUNBUFFERED="1")
+        self.environment.pop("PREFECT_API_URL")  # the flow runs on the project's own Prefect store here
+        self.environment.pop("MLFLOW_TRACKING_URI")  # the project names the server in params.yaml
 
-        self.s3 = boto3.client("s3", endpoint_url=self.environment["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                               aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET)
-        self.s3.create_bucket(Bucket="taskprune")
-        self.start_mlflow()
-
-    def start_mlflow(self) -> None:
-        server_env = {**self.environment, "MLFLOW_S3_ENDPOINT_URL": self.environment["AWS_ENDPOINT_URL"],
-                      "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        log = (self.tmp_path / "mlflow-server.log").open("a")
-        self.mlflow = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.tmp_path / 'mlflow.db'}",
-             "--artifacts-destination", "s3://taskprune/mlflow", "--host", "127.0.0.1", "--port", str(self.mlflow_port),
-             "--workers", "1"], env=server_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(f"{self.uri}/health", 180)
+    def start_mlflow(self) -> str:
+        return self.infra.start_mlflow()
 
     def stop_mlflow(self) -> None:
-        os.killpg(self.mlflow.pid, signal.SIGTERM)  # the server and its workers
-        self.mlflow.wait(60)
+        self.infra.stop_mlflow()
 
     def close(self) -> None:
-        if self.mlflow.poll() is None:
-            self.stop_mlflow()
-        self.moto.terminate()
-        self.moto.wait(30)
+        self.infra.close()
 
 
 @pytest.fixture
@@ -148,8 +127,10 @@ def test_run_against_mlflow_server_and_s3_then_dvc_push_pull(servers, tmp_path, 
     texts = logs + [p.read_text(errors="ignore") for p in project.rglob("*")
                     if p.is_file() and ".dvc/cache" not in str(p) and p.suffix in (".json", ".jsonl", ".yaml", ".lock", ".md", ".txt", ".log")]
     recorded = [*run_data.params.values(), *run_data.tags.values(), *version.tags.values()]
+    variables = servers.infra.local.variables
+    secrets = [variables["POSTGRES_PASSWORD"], variables["MINIO_ROOT_USER"], variables["MINIO_ROOT_PASSWORD"]]
     for text in texts + recorded:
-        assert SECRET not in text and ACCESS_KEY not in text
+        assert not [secret for secret in secrets if secret in text]
 
 
 def test_mlflow_down_at_register_then_back_registers_once(servers, tmp_path, tokenizer_dir):
