@@ -1,5 +1,10 @@
 """MLflow registration into a temporary SQLite store."""
 
+import json
+from pathlib import Path
+
+import pytest
+
 from pipeline_helpers import per_matrix_of
 from taskprune.config import Params
 from taskprune.tracking import CHALLENGER, register_result
@@ -162,3 +167,66 @@ def test_runs_have_real_stage_times_the_used_params_and_the_version_is_linked_to
     assert logged.source_run_id == result["run_id"]
     links = json.loads(logged.tags["mlflow.modelVersions"])  # as mlflow.register_model writes it
     assert [(link["name"], str(link["version"])) for link in links] == [("taskprune-capital", result["version"])]
+
+
+class Crash(BaseException):
+    """A kill at a registration step: not an Exception, so nothing in between catches it."""
+
+
+def test_registration_killed_at_any_step_is_finished_by_the_next_attempt_reusing_what_exists(tmp_path, tiny_llama_dir,
+                                                                                          monkeypatch):
+    """Registration of a pruned and a recovered model, stopped right after each of its writes to MLflow (the
+    run, each logged model, each version, the logged model's link, the alias), then run again: one pruned and
+    one recovered version for the result, the alias on the recovered one, nothing registered twice."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipeline_helpers import SIDE, register_tiny
+
+    metrics = {"task": "capital", "method": "wanda", "dense": SIDE, "pruned": dict(SIDE, sparsity=0.5),
+               "recovered": dict(SIDE, task_accuracy=0.6), "recovery": {"merge": True, "steps": 2}, "run_seconds": 1.0}
+    writes = [(MlflowClient, "create_run"), (mlflow.transformers, "log_model"), (MlflowClient, "create_model_version"),
+              (MlflowClient, "set_logged_model_tags"), (MlflowClient, "set_registered_model_alias")]
+    calls: list[str] = []
+
+    def counting(owner, method: str, crash_after: int | None):
+        original = getattr(owner, method)
+
+        def wrapped(*args, **kwargs):
+            result = original(*args, **kwargs)
+            calls.append(method)
+            if crash_after is not None and len(calls) == crash_after:
+                raise Crash(method)
+            return result
+        return wrapped
+
+    def register(store: Path, crash_after: int | None) -> dict:
+        params = Params.model_validate({"tracking": {"uri": f"sqlite:///{store / 'mlflow.db'}"}})
+        with monkeypatch.context() as patch:
+            for owner, method in writes:
+                patch.setattr(owner, method, counting(owner, method, crash_after))
+            return register_tiny(params, store, tiny_llama_dir, result_key="r1", metrics=metrics,
+                                 recovered_dir=tiny_llama_dir)
+
+    register(tmp_path / "straight", None)
+    steps = list(calls)  # every write of an uninterrupted registration, in order
+    assert steps.count("create_model_version") == 2 and steps[-1] == "set_registered_model_alias"
+    for step in range(1, len(steps)):
+        store = tmp_path / f"killed-after-{step}"
+        store.mkdir()
+        calls.clear()
+        with pytest.raises(Crash):
+            register(store, step)
+        result = register(store, None)
+        client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+        versions = client.search_model_versions("name='taskprune-capital'")
+        recovered = [v for v in versions if v.tags.get("recovered") == "true"]
+        assert len(versions) == 2 and len(recovered) == 1, (step, steps[step - 1], [v.version for v in versions])
+        assert recovered[0].tags["parent_version"] == result["version"] != result["recovered_version"]
+        assert str(client.get_registered_model("taskprune-capital").aliases[CHALLENGER]) == result["recovered_version"]
+        for version in versions:  # every logged model links its version
+            model_id = version.source.split("/", 1)[1]  # models:/<logged model id>
+            links = json.loads(client.get_logged_model(model_id).tags["mlflow.modelVersions"])
+            assert {"name": "taskprune-capital", "version": str(version.version)} in links, (step, links)
+        runs = client.search_runs([result["experiment_id"]], "attributes.status = 'FINISHED'")
+        assert [r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") is None] == [result["run_id"]], step

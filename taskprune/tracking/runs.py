@@ -98,9 +98,15 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
     run_name = run_name_of(params, task_label)
     tags = {**lineage_tags, "task": task_label, "method": params.prune.label,
             **({RESULT_KEY: result_key} if result_key else {})}
+    wants_recovered = recovered_dir is not None and "recovered" in metrics
     if result_key:
-        earlier = _registered_result(MlflowClient(), name, result_key, recovered="recovered" in metrics
-                                     and recovered_dir is not None)
+        earlier = _earlier_attempt(MlflowClient(), experiment_id, name, result_key, wants_recovered)
+        if earlier is not None and earlier.get("missing") == "recovered":  # killed between the two versions
+            with mlflow.start_run(run_id=earlier["run_id"]):
+                earlier.update(_register_recovered(MlflowClient(), name, earlier["run_id"], earlier["version"], tags,
+                                                   recovered_dir, metrics, history, task_label))
+            MlflowClient().set_registered_model_alias(name, CHALLENGER, earlier["recovered_version"])
+            earlier.pop("missing")
         if earlier is not None:
             return {**earlier, "experiment_id": experiment_id, "tracking_uri": redact(uri), "registered_model": name,
                     "reused": True}
@@ -142,29 +148,36 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
         if frontier:
             _log_frontier_runs(client, experiment_id, run.info.run_id, frontier, stages.get("frontier", {}))
             if not frontier["choice"]["within_budget"]:
-                mlflow.set_tag("taskprune.candidate", "false")
+                why = f"no compression within the accuracy budget ({frontier['budget']['max_accuracy_drop']:.0%} drop)"
+                mlflow.set_tags({"taskprune.candidate": "false", "taskprune.not_registered": why})
                 return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": redact(uri),
-                        "registered_model": name, "version": None,
-                        "not_registered": f"no compression within the accuracy budget "
-                                          f"({frontier['budget']['max_accuracy_drop']:.0%} drop)"}
+                        "registered_model": name, "version": None, "not_registered": why}
         if not _registered(client, name):
             client.create_registered_model(name, tags={"task": task_label},
                                            description=f"Pruned models for task {task_label} (TaskPrune)")
         version, model_uri = _new_version(client, name, run.info.run_id, model_dir, "model", tags, metrics["pruned"],
                                           metrics["dense"], summary)
         result = {"version": version, "model_uri": model_uri}
-        if recovered_dir is not None and "recovered" in metrics:
-            if history:
-                _log_loss_curve(client, run.info.run_id, history)
-            recovered_tags = {**tags, "recovered": "true", "parent_version": version,
-                              "recover.merge": str(metrics["recovery"]["merge"])}
-            result["recovered_version"], result["recovered_model_uri"] = _new_version(
-                client, name, run.info.run_id, recovered_dir, "model_recovered", recovered_tags,
-                metrics["recovered"], metrics["dense"], result_summary(task_label, metrics, "recovered"))
+        if wants_recovered:
+            result.update(_register_recovered(client, name, run.info.run_id, version, tags, recovered_dir, metrics,
+                                              history, task_label))
         newest = result.get("recovered_version", version)
         client.set_registered_model_alias(name, CHALLENGER, newest)
     return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": redact(uri),
             "registered_model": name, **result}
+
+
+def _register_recovered(client, name: str, run_id: str, version: str, tags: dict, recovered_dir: Path, metrics: dict,
+                        history: list[dict] | None, task_label: str) -> dict:
+    """The recovered model as the version after the pruned one (``version``), logged to the active run."""
+    if history:
+        _log_loss_curve(client, run_id, history)
+    recovered_tags = {**tags, "recovered": "true", "parent_version": version,
+                      "recover.merge": str(metrics["recovery"]["merge"])}
+    recovered_version, recovered_uri = _new_version(
+        client, name, run_id, recovered_dir, "model_recovered", recovered_tags, metrics["recovered"], metrics["dense"],
+        result_summary(task_label, metrics, "recovered"))
+    return {"recovered_version": recovered_version, "recovered_model_uri": recovered_uri}
 
 
 def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str, tags: dict, block: dict,
@@ -188,11 +201,26 @@ def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str,
     results = {**{f"eval.{k}": _shown(k, block[k]) for k in TAGGED}, **{f"dense.{k}": _shown(k, dense[k]) for k in TAGGED}}
     version = client.create_model_version(name=name, source=model_uri, run_id=run_id, tags={**tags, **results},
                                           model_id=model_id, description=description)
-    if model_id:  # the logged model's page links the version (what mlflow.register_model records)
-        logged = client.get_logged_model(model_id)
-        links = json.loads(logged.tags.get(MODEL_VERSIONS_TAG, "[]")) + [{"name": name, "version": version.version}]
-        client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: json.dumps(links)})
+    _link_logged_model(client, name, str(version.version), model_id)
     return str(version.version), model_uri
+
+
+def _model_id_of(version) -> str | None:
+    """The logged model a version was made from (a search may leave ``model_id`` empty: its ``models:/<id>`` source)."""
+    if getattr(version, "model_id", None):
+        return version.model_id
+    source = version.source or ""
+    return source.split("/", 1)[1] if source.startswith("models:/m-") else None
+
+
+def _link_logged_model(client, name: str, version: str, model_id: str | None) -> None:
+    """The logged model's page links the version (what mlflow.register_model records); a no-op when it does."""
+    if not model_id:
+        return
+    links = json.loads(client.get_logged_model(model_id).tags.get(MODEL_VERSIONS_TAG, "[]"))
+    link = {"name": name, "version": version}
+    if link not in [{"name": k["name"], "version": str(k["version"])} for k in links]:
+        client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: json.dumps([*links, link])})
 
 
 TAGGED = ("task_accuracy", "perplexity", "bytes_on_disk", "nonzero_params")
@@ -333,20 +361,44 @@ def _log_search(client, run_id: str, search: dict) -> None:
 RESULT_KEY = "taskprune.result_key"
 
 
-def _registered_result(client, name: str, key: str, recovered: bool) -> dict | None:
-    """The versions an earlier attempt registered for this result, when all of them exist."""
-    if not _registered(client, name):
-        return None
-    versions = client.search_model_versions(f"name='{name}' and tags.`{RESULT_KEY}` = '{key}'")
-    pruned = [v for v in versions if v.tags.get("recovered") != "true"]
-    again = [v for v in versions if v.tags.get("recovered") == "true"]
-    if not pruned or (recovered and not again):
-        return None
-    result = {"run_id": pruned[0].run_id, "version": str(pruned[0].version), "model_uri": pruned[0].source}
-    if recovered:
-        result.update(recovered_version=str(again[0].version), recovered_model_uri=again[0].source)
-    client.set_registered_model_alias(name, CHALLENGER, result.get("recovered_version", result["version"]))
-    return result
+def _earlier_attempt(client, experiment_id: str, name: str, key: str, recovered: bool) -> dict | None:
+    """What an earlier attempt at registering this result (``taskprune.result_key`` = ``key``) left behind, so
+    that registering it again reuses it, wherever that attempt was killed:
+
+    - every version it needed exists: those (``challenger`` and the logged models' links set again);
+    - the pruned version exists but the recovered one does not: that much, with ``missing`` = "recovered";
+    - a finished run that registered nothing on purpose (no point within the accuracy budget): that run;
+    - otherwise None; runs it left unfinished, with no version, are marked FAILED (the new attempt logs its own).
+    """
+    from mlflow.entities import RunStatus
+
+    versions = client.search_model_versions(f"name='{name}' and tags.`{RESULT_KEY}` = '{key}'") \
+        if _registered(client, name) else []
+    pruned = sorted((v for v in versions if v.tags.get("recovered") != "true"), key=lambda v: int(v.version))
+    if pruned:
+        first = pruned[0]
+        again = [v for v in versions if v.tags.get("recovered") == "true" and v.tags.get("parent_version") == str(first.version)]
+        for version in (first, *again[:1]):
+            _link_logged_model(client, name, str(version.version), _model_id_of(version))
+        result = {"run_id": first.run_id, "version": str(first.version), "model_uri": first.source}
+        if recovered and not again:
+            return {**result, "missing": "recovered"}
+        if recovered:
+            result.update(recovered_version=str(again[0].version), recovered_model_uri=again[0].source)
+        client.set_registered_model_alias(name, CHALLENGER, result.get("recovered_version", result["version"]))
+        if client.get_run(first.run_id).info.status != "FINISHED":  # killed after its last version: done now
+            client.set_terminated(first.run_id, "FINISHED")
+        return result
+    runs = client.search_runs([experiment_id], f"tags.`{RESULT_KEY}` = '{key}'")
+    for run in runs:
+        if run.info.status == "FINISHED" and run.data.tags.get("taskprune.candidate") == "false":
+            return {"run_id": run.info.run_id, "version": None,
+                    "not_registered": run.data.tags.get("taskprune.not_registered", "nothing within the budget")}
+    for run in runs:
+        if run.info.status != "FINISHED":
+            client.set_tag(run.info.run_id, "taskprune.attempt", "interrupted: registered again in a later run")
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+    return None
 
 
 def _registered(client, name: str) -> bool:
