@@ -2,7 +2,10 @@
 
 Exactly one layer retries a call: the client that makes it. MLflow's HTTP client (urllib3) retries
 ``MLFLOW_RETRIES`` times with exponential backoff (factor ``MLFLOW_BACKOFF``, each request at most
-``MLFLOW_TIMEOUT`` s); boto3 retries in botocore's standard mode (3 attempts). Prefect does not retry
+``MLFLOW_TIMEOUT`` s); boto3 retries in botocore's standard mode (``S3_ATTEMPTS`` attempts, jittered
+exponential backoff of at most 1, 2, 4, 8, 16, 20, 20 s: an outage of a few seconds is ridden out, one of
+a minute is not), and so does DVC's S3 client in the stages TaskPrune starts (``AWS_MAX_ATTEMPTS``,
+``AWS_RETRY_MODE``, which botocore reads). Prefect does not retry
 the stages on top of them (flows/pipeline_flow.py), so the total wait is bounded and stated: the
 first retry of MLflow says for how long it will go on. The values are defaults: the user's
 ``MLFLOW_HTTP_REQUEST_*`` variables win. Services that do not answer at all are found before a run
@@ -27,6 +30,7 @@ from taskprune.secrets import RedactingFilter
 MLFLOW_RETRIES = 6
 MLFLOW_BACKOFF = 2         # seconds (an integer, as MLflow reads it); the n-th retry waits BACKOFF * 2**(n-1), at most 120 s
 MLFLOW_TIMEOUT = 30        # seconds for one request
+S3_ATTEMPTS = 8            # botocore's default of 3 gives up after about 1.5 s of backoff
 
 _HTTP = "urllib3.connectionpool"  # MLflow (requests) logs "Retrying (...)" here at WARNING
 _S3 = "botocore.retries.standard"  # boto3's standard retry mode, at DEBUG
@@ -71,6 +75,12 @@ def apply_policy() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(MLFLOW_RETRIES))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", str(MLFLOW_BACKOFF))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(MLFLOW_TIMEOUT))
+    os.environ.setdefault("AWS_RETRY_MODE", "standard")
+    os.environ.setdefault("AWS_MAX_ATTEMPTS", str(S3_ATTEMPTS))
+
+
+def s3_attempts() -> int:
+    return int(os.environ.get("AWS_MAX_ATTEMPTS", S3_ATTEMPTS))
 
 
 def mlflow_retries() -> int:

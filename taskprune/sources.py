@@ -27,11 +27,14 @@ def split_s3(location: str) -> tuple[str, str]:
 def s3_client(endpoint: str | None = None, probe_seconds: float | None = None, **credentials):
     """A boto3 S3 client; endpoint and credentials come from the arguments, else the standard AWS variables
     (``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, profiles, ...). Reads retry in
-    botocore's standard mode; ``probe_seconds`` makes a reachability probe instead: one attempt, short timeouts."""
+    botocore's standard mode (taskprune.retries: ``AWS_MAX_ATTEMPTS``, default 8); ``probe_seconds`` makes a reachability probe instead: one attempt, short timeouts."""
     import boto3
     from botocore.config import Config
 
-    retries = {"mode": "standard"} if probe_seconds is None else {"total_max_attempts": 1}
+    from taskprune.retries import s3_attempts
+
+    retries = {"mode": "standard", "total_max_attempts": s3_attempts()} if probe_seconds is None \
+        else {"total_max_attempts": 1}
     timeouts = {} if probe_seconds is None else {"connect_timeout": probe_seconds, "read_timeout": probe_seconds}
     return boto3.client("s3", endpoint_url=endpoint, config=Config(s3={"addressing_style": "path"}, retries=retries,
                                                                    **timeouts), **credentials)

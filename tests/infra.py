@@ -34,6 +34,10 @@ IMAGE_ENV = {"DO_NOT_TRACK": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"
 SERVICE_PORTS = {"postgres": 5432, "minio": 9000, "mlflow": 5000, "prefect-server": 4200, "ray-head": 6379}
 OTHER_PORTS = (9001, 10001, 8265)  # MinIO console, Ray client server, Ray dashboard
 HOSTS = ("0.0.0.0", "localhost", *SERVICE_PORTS)
+# each compose service -> the Infra method that starts it here (test_compose_parity checks none is missing)
+STARTERS = {"postgres": "start_postgres", "minio": "start_s3", "minio-buckets": "start_s3", "mlflow": "start_mlflow",
+            "prefect-server": "start_prefect_server", "prefect-worker": "worker_commands",
+            "ray-head": "start_ray_head", "ray-worker": "start_ray_worker"}
 
 
 def compose() -> dict:
@@ -51,7 +55,7 @@ class Local:
     """How the compose file's names map onto this machine: credentials, and a free port for each port."""
 
     root: Path
-    user: str = "taskprune"
+    user: str = "tpuser"
     password: str = "pw-never-in-output-3318"
     ports: dict[int, int] = field(default_factory=dict)
 
@@ -62,7 +66,16 @@ class Local:
     @property
     def variables(self) -> dict[str, str]:
         return {"POSTGRES_USER": self.user, "POSTGRES_PASSWORD": self.password, "MINIO_ROOT_USER": "AKIATASKPRUNEINFRA1",
-                "MINIO_ROOT_PASSWORD": "minio-secret-never-logged-77"}
+                "MINIO_ROOT_PASSWORD": "minio-secret-never-logged-77",
+                "RAY_AUTH_TOKEN": "5f0c3a9e2b7d41c8a6e9f1b2d3c4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6"}
+
+    def host(self, service_name: str) -> str:
+        """Where a service answers here: 127.0.0.1, except Ray's head, which binds to the machine's address."""
+        if service_name != "ray-head":
+            return "127.0.0.1"
+        from ray._private.services import get_node_ip_address
+
+        return get_node_ip_address()
 
     def port(self, service_name: str) -> int:
         return self.ports[SERVICE_PORTS[service_name]]
@@ -75,7 +88,8 @@ class Local:
         text = re.sub(r"\$\{(\w+)\}", lambda m: self.variables[m.group(1)], str(text))
         text = text.replace("$$", "$")
         hosts = "|".join(re.escape(h) for h in HOSTS)
-        text = re.sub(rf"(?<![\w.-])({hosts}):(\d+)", lambda m: f"127.0.0.1:{self.ports[int(m.group(2))]}", text)
+        text = re.sub(rf"(?<![\w.-])({hosts}):(\d+)", lambda m: f"{self.host(m.group(1))}:{self.ports[int(m.group(2))]}",
+                      text)
         text = re.sub(r"(--[\w-]*port)[ =](\d+)", lambda m: f"{m.group(1)} {self.ports[int(m.group(2))]}", text)
         text = text.replace("/opt/taskprune", str(REPO))  # the image's working directory is this checkout
         return re.sub(r"(?<![\w.-])0\.0\.0\.0(?![\w.:-])", "127.0.0.1", text)  # listen here only
@@ -217,7 +231,7 @@ class Infra:
     def start_ray_head(self) -> str:
         """``ray-head``; returns the address workers and ``search.ray_address`` use (GCS, host:port)."""
         self.processes.start("ray-head", self.local.command("ray-head"), self.ray_environment())
-        address = f"127.0.0.1:{self.local.port('ray-head')}"
+        address = f"{self.local.host('ray-head')}:{self.local.port('ray-head')}"
         wait_until(lambda: self.ray_nodes(address) >= 1, 120, "the Ray head")
         return address
 
@@ -230,7 +244,7 @@ class Infra:
 
     def ray_environment(self) -> dict[str, str]:
         # each node writes its sessions under the test's directory, not the machine's /tmp/ray
-        return self.local.environment("ray-head", RAY_TMPDIR=self.ray_tmp,
+        return self.local.environment("ray-head", RAY_TMPDIR=self.ray_tmp, RAY_USAGE_STATS_ENABLED="0",
                                       PYTHONPATH=str(REPO))  # the image has TaskPrune installed; so has this venv
 
     def ray_nodes(self, address: str) -> int:
@@ -263,3 +277,102 @@ def wait_until(condition, seconds: float, what: str) -> None:
 def bucket_of_compose() -> str:
     """The bucket ``minio-buckets`` makes (``mc mb ... local/<bucket>``)."""
     return re.search(r"mc mb [^&]*local/([\w-]+)", service("minio-buckets")["entrypoint"]).group(1)
+
+
+class OutageProxy:
+    """A TCP proxy between clients and a server that can cut the line for a few seconds: every open connection
+    is reset and new ones are reset as soon as they come, until the outage is over. ``cut_on(marker, seconds)``
+    starts the outage when a request containing ``marker`` (e.g. ``b"PUT /bucket/dvc/"``) first passes, so it
+    falls in the middle of that operation whatever the timing."""
+
+    def __init__(self, target_port: int):
+        import socket
+        import threading
+
+        self.target_port, self.down_until, self.cuts = target_port, 0.0, 0
+        self.triggers: list[list] = []  # [marker, seconds, fired]
+        self.lock, self.open = threading.Lock(), set()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut_on(self, marker: bytes, seconds: float) -> None:
+        with self.lock:
+            self.triggers.append([marker, seconds, False])
+
+    def _down(self) -> bool:
+        import time
+
+        return time.monotonic() < self.down_until
+
+    def _cut(self, seconds: float) -> None:
+        import time
+
+        with self.lock:
+            self.down_until, self.cuts = time.monotonic() + seconds, self.cuts + 1
+            doomed, self.open = list(self.open), set()
+        for conn in doomed:
+            _reset(conn)
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self._down():
+                _reset(client)
+                continue
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client) -> None:
+        import socket
+        import threading
+
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            _reset(client)
+            return
+        with self.lock:
+            self.open.update((client, upstream))
+        threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+        self._pipe(client, upstream, True)
+
+    def _pipe(self, source, target, watch: bool) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if watch:
+                    for trigger in self.triggers:
+                        if not trigger[2] and trigger[0] in data:
+                            trigger[2] = True
+                            self._cut(trigger[1])  # this request dies with the rest
+                            return
+                if self._down():
+                    break
+                target.sendall(data)
+        except OSError:
+            pass
+        for conn in (source, target):
+            _reset(conn)
+
+    def close(self) -> None:
+        self.server.close()
+        self._cut(0)
+
+
+def _reset(conn) -> None:
+    """Close with RST (SO_LINGER 0): the peer sees its connection reset, as when a network path fails."""
+    import socket
+    import struct
+
+    try:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+    except OSError:
+        pass

@@ -227,29 +227,65 @@ def test_ray_address_needs_the_orchestrated_command(tiny_llama_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_search_on_prefects_ray_task_runner_matches_the_local_search(tiny_llama_dir, tmp_path, monkeypatch):
-    """search.ray_address routes the stage through a Prefect flow on prefect-ray's RayTaskRunner (a local
-    Ray here); every fitness is a Prefect task on a Ray worker, and the search ends where the local one does."""
-    import ray
+def test_search_on_a_ray_cluster_with_a_worker_killed_mid_search_matches_the_local_search(tiny_llama_dir, tmp_path):
+    """search.ray_address at a Ray cluster of separate processes, started as infra/docker-compose.yml starts
+    it (`ray start --head`, and its worker replicas with `ray start --address`): every fitness is a Prefect
+    task on Prefect's Ray task runner. One worker node is killed (its raylet and worker processes, SIGKILL)
+    once the first generation is saved: Ray retries the lost evaluations on the other nodes, and the search
+    ends where the local one does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
 
-    from flows.app import StageName
-    from flows.app import stage as stage_command
-    from taskprune.stages import run_stage
+    from ruamel.yaml import YAML
 
-    local, params = tiny_project(tmp_path / "local", tiny_llama_dir, prune={"method": "sieve", "allocation": "search"})
-    run_stages(params, local, "prepare_data", "calibrate", "score", "search")
+    from infra import Infra, service
+    from pipeline_helpers import cli_env
+
+    sections = dict(prune={"method": "sieve", "allocation": "search"},
+                    search={"population": 8, "generations": 4, "examples": 24})
+    local, params = tiny_project(tmp_path / "local", tiny_llama_dir, **sections)
+    run_stages(params, local, "prepare_data", "calibrate", "score")
+    started = time.perf_counter()
+    run_stages(params, local, "search")
+    local_seconds = time.perf_counter() - started
     expected = read_json(local.search / "allocation.json")
 
-    on_ray, params = tiny_project(tmp_path / "ray", tiny_llama_dir, prune={"method": "sieve", "allocation": "search"},
-                                  search={"ray_address": "local"})
-    run_stages(params, on_ray, "prepare_data", "calibrate", "score")
-    with pytest.raises(TaskPruneError, match="runs through Prefect"):
-        run_stage("search", params, on_ray)  # the table marks it orchestrated: the library alone refuses
-    monkeypatch.setattr("flows.app.project_and_params", lambda: (on_ray, params))
+    cluster = Infra(tmp_path / "infra")
     try:
-        stage_command(StageName("search"))  # `taskprune stage search`, as dvc.yaml runs it
+        started = time.perf_counter()
+        head = cluster.start_ray_head()
+        replicas = service("ray-worker")["deploy"]["replicas"]
+        workers = [cluster.start_ray_worker(i, head) for i in range(replicas)]
+        startup = time.perf_counter() - started
+        address = f"ray://127.0.0.1:{cluster.local.ports[10001]}"  # the compose file's ray-client-server-port
+        on_ray, params = tiny_project(tmp_path / "ray", tiny_llama_dir, **{**sections, "search": {
+            **sections["search"], "ray_address": address}})
+        run_stages(params, on_ray, "prepare_data", "calibrate", "score")
+        YAML().dump(params.model_dump(mode="json"), on_ray.params_file)
+        environment = {**cli_env(on_ray.root),  # the cluster's token, as the compose file's worker has it
+                       **{k: v for k, v in cluster.client_environment().items() if k.startswith("RAY_AUTH")}}
+        started = time.perf_counter()
+        search = subprocess.Popen([str(Path(sys.executable).parent / "taskprune"), "stage", "search"], cwd=on_ray.root,
+                                  env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        checkpoints = on_ray.state / "checkpoints"
+        while not any(checkpoints.glob("search-*/generation.pkl")):  # the first generation is done
+            assert search.poll() is None, search.stdout.read()[-3000:]
+            time.sleep(0.05)
+        os.killpg(workers[0].pid, signal.SIGKILL)  # the node: `ray start --block`, its raylet and its workers
+        killed_during = search.poll() is None
+        out = search.communicate(timeout=900)[0]
+        cluster_seconds = time.perf_counter() - started
+        (tmp_path / "search.log").write_text(out)
+        assert search.returncode == 0, out[-4000:]
+        assert killed_during, "the search ended before the worker was killed"
     finally:
-        ray.shutdown()
+        cluster.close()
     got = read_json(on_ray.search / "allocation.json")
     assert got["levels"] == expected["levels"] and got["cost"] == expected["cost"]
     assert [h["best"] for h in got["history"]] == pytest.approx([h["best"] for h in expected["history"]], abs=1e-3)
+    print(f"ray cluster: head + {replicas} workers up in {startup:.1f} s; search {local_seconds:.1f} s in-process, "
+          f"{cluster_seconds:.1f} s as `taskprune stage search` on the cluster (a worker killed); log {tmp_path}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_project, make_tiny_model, write_general_text
-from infra import Infra
+from infra import Infra, OutageProxy
 from pipeline_helpers import tiny_settings
 from taskprune import config
 from taskprune.data import builtin
@@ -76,14 +76,20 @@ def run(environment, project, *args, timeout=1200):
 
 
 def test_run_against_mlflow_server_and_s3_then_dvc_push_pull(servers, tmp_path, tokenizer_dir):
-    environment, s3, mlflow_uri = servers.environment, servers.s3, servers.uri
+    """TaskPrune and DVC reach S3 through a proxy that cuts the line for 4 s the first time the task file is
+    read and again in the middle of `dvc push`: both ride the outage out on their retries."""
+    s3, mlflow_uri = servers.s3, servers.uri
+    proxy = OutageProxy(servers.infra.local.port("minio"))
+    environment = {**servers.environment, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
     project = tiny_project_on_servers(servers, tmp_path, tokenizer_dir)
     logs = []
 
+    proxy.cut_on(b"GET /taskprune/tasks/sentiment.jsonl", 4.0)
     done, out = run(environment, project, str(BIN / "taskprune"), "run")
     logs.append(out)
     (tmp_path / "run.log").write_text(out)
     assert done.returncode == 0, f"see {tmp_path / 'run.log'}"
+    assert proxy.cuts == 1 and "retrying: S3 request failed; next attempt in" in out and "Traceback" not in out
     metrics = json.loads((project / "metrics.json").read_text())
     assert metrics["dense"]["test_examples"] == 42  # 60 rows from S3, 30 % calibration
     registered = json.loads((project / "artifacts" / "register.json").read_text())
@@ -103,11 +109,14 @@ def test_run_against_mlflow_server_and_s3_then_dvc_push_pull(servers, tmp_path, 
 
     # DVC remote on the same S3: push, lose the cache and an output, pull them back
     dvc = [sys.executable, "-m", "dvc"]
+    proxy.cut_on(b"PUT /taskprune/dvc/", 4.0)
     for args in (["remote", "add", "-d", "s3", "s3://taskprune/dvc"],
-                 ["remote", "modify", "s3", "endpointurl", environment["AWS_ENDPOINT_URL"]], ["push"]):
+                 ["remote", "modify", "s3", "endpointurl", environment["AWS_ENDPOINT_URL"]], ["push"],
+                 ["status", "--cloud"]):
         done, out = run(environment, project, *dvc, *args)
         logs.append(out)
         assert done.returncode == 0, out[-3000:]
+    assert proxy.cuts == 2 and "in sync" in out, out  # the push went on after the outage: nothing missing
     assert s3.list_objects_v2(Bucket="taskprune", Prefix="dvc/")["KeyCount"] > 0
     calib = (project / "artifacts" / "data" / "task_calib.jsonl").read_bytes()
     shutil.rmtree(project / ".dvc" / "cache")
