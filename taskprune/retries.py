@@ -16,7 +16,9 @@ other log line:
 
     MLflow unreachable: retrying for up to 2.1 min (6 retries), then the stage fails
     retrying: /api/2.0/mlflow/runs/create failed (NewConnectionError); 5 retries left
-    retrying: S3 request failed; next attempt in 0.6 s
+    retrying: S3 request failed; next attempt in 0.6 s (up to 8 attempts)
+
+(S3 says its first retry only: the seven that may follow within a minute add nothing a reader needs.)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from taskprune.secrets import RedactingFilter
 
@@ -31,6 +34,8 @@ MLFLOW_RETRIES = 6
 MLFLOW_BACKOFF = 2         # seconds (an integer, as MLflow reads it); the n-th retry waits BACKOFF * 2**(n-1), at most 120 s
 MLFLOW_TIMEOUT = 30        # seconds for one request
 S3_ATTEMPTS = 8            # botocore's default of 3 gives up after about 1.5 s of backoff
+S3_QUIET = 60.0            # seconds after an S3 retry line in which further S3 retries are not said again
+_s3_said = float("-inf")
 
 _HTTP = "urllib3.connectionpool"  # MLflow (requests) logs "Retrying (...)" here at WARNING
 _S3 = "botocore.retries.standard"  # boto3's standard retry mode, at DEBUG
@@ -49,7 +54,13 @@ class _RetryLine(logging.Filter):
             if isinstance(left, int) and left + 1 == mlflow_retries():  # the first retry: say how long at most
                 record.msg = f"MLflow unreachable: {retry_budget()}\n{record.msg}"
         elif record.name == _S3 and message.startswith("Retry needed, retrying request after delay of"):
-            record.msg = f"retrying: S3 request failed; next attempt in {float(record.args[0]):.1f} s"
+            global _s3_said
+            now = time.monotonic()
+            if now - _s3_said < S3_QUIET:  # one line per outage: the retries that follow it say nothing new
+                return False
+            _s3_said = now
+            record.msg = (f"retrying: S3 request failed; next attempt in {float(record.args[0]):.1f} s "
+                          f"(up to {s3_attempts()} attempts)")
         else:
             return record.levelno >= logging.WARNING
         record.args = None
