@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from enum import Enum
 from typing import Annotated, Optional
@@ -37,15 +38,60 @@ def run(
 
     from taskprune.data.task import task_label
 
+    from prefect_tasks.stages import StageFailed
+
     project = Project.find()
     params = preflight(project, list(overrides), services=service_check)  # bad input fails in seconds, first
     started = time.perf_counter()
     methods = params.target.methods if params.target.enabled else [params.prune.label]
-    with tags("taskprune", f"task:{task_label(params)}", *(f"method:{m}" for m in methods)):
-        result = pipeline(str(project.root), list(overrides), check_services=False)  # checked just now
+    log = log_to_file(project)
+    try:
+        with tags("taskprune", f"task:{task_label(params)}", *(f"method:{m}" for m in methods)):
+            result = pipeline(str(project.root), list(overrides), check_services=False)  # checked just now
+    except StageFailed as failed:  # its message once, then what failed and how to go on; tracebacks in the log
+        from taskprune.secrets import redact
+
+        code = failed.code if failed.code > 0 else 128 - failed.code  # killed by signal N: 128 + N, as shells say
+        print(f"error: {redact(failed.message)}", file=sys.stderr)
+        print(f"stage {failed.stage} failed (exit {code}): fix the cause and run `taskprune run` again; it resumes at "
+              f"{failed.stage}, the stages before it are kept. Full log: {log}", file=sys.stderr)
+        raise typer.Exit(code) from None
     print_results(result["metrics"], compression_of(project))
     ran = [s for s, state in result["stages"].items() if state == "ran"]
     print(f"this invocation: {time.perf_counter() - started:.0f} s; stages run: {', '.join(ran) or 'none (all up to date)'}")
+
+
+def log_to_file(project: Project):
+    """Everything this run logs, tracebacks included, also goes to ``.taskprune/logs/run-<time>.log``; the
+    console keeps the progress, one line per stage, and a failed stage's message, said once by ``run``."""
+    import datetime as dt
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    from taskprune.secrets import RedactingFilter
+
+    logs = project.state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"run-{dt.datetime.now():%Y%m%d-%H%M%S}.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    for name in ("", "taskprune.stage"):  # the root (Prefect's records propagate there) and the stages' output
+        logging.getLogger(name).addHandler(handler)
+    for console in logging.getLogger().handlers:
+        if isinstance(console, PrefectConsoleHandler):
+            console.addFilter(_not_a_run_failure)
+    return path.relative_to(project.root)
+
+
+def _not_a_run_failure(record) -> bool:
+    """Prefect's reports of a failed task or flow run (with tracebacks) and of stopping its temporary server
+    (after the run's last line) stay out of the console."""
+    message = str(record.msg)
+    if record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+        return record.levelno < 40 and not message.startswith("Finished in state Failed")
+    return not (record.name == "prefect" and message.startswith("Stopping temporary server"))
 
 
 @app.command()

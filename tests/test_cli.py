@@ -68,8 +68,15 @@ def test_a_failing_stage_stops_the_flow_with_its_message(tmp_path, tiny_llama_di
         f"model.name={tiny_llama_dir}", "calibration.general.source=file", "calibration.general.path=missing.txt"])
     done = taskprune(project, "run", timeout=600)
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "missing.txt: file not found" in done.stdout + done.stderr
-    assert "stage prepare_data failed" in done.stderr
+    console = done.stdout + done.stderr
+    # the stage's message once, then the stage, how to go on and the exit code; no traceback, no second exit code
+    last = done.stderr.strip().splitlines()[-2:]
+    assert last[0].startswith("error: ") and last[0].endswith("missing.txt: file not found"), done.stderr[-3000:]
+    assert last[1].startswith("stage prepare_data failed (exit 2): fix the cause and run `taskprune run` again")
+    assert console.count("missing.txt: file not found") == 1 and "Traceback" not in console
+    assert "failed to reproduce" not in console and "exited with" not in console
+    log = project / last[1].split("Full log: ")[1]
+    assert "failed to reproduce 'prepare_data'" in log.read_text()  # DVC's report kept in the run's log
     assert not (project / "artifacts" / "stats").exists()
 
 
