@@ -238,6 +238,8 @@ class EvaluateConfig(_Strict):
     perplexity_docs: int = Field(32, gt=0, description="Held-out general documents (about 600+ characters each)")
     perplexity_seq_len: int = Field(256, ge=16, le=8192, description="Token block length for perplexity")
     decode_tokens: int = Field(32, gt=0, description="New tokens per generate() call when timing tokens/s")
+    decode_rounds: int = Field(5, ge=1, le=50, description="Rounds of decode timing of the pruned (and recovered) "
+                               "model alternating with dense in one process; the ratio is of the medians")
 
 
 class RecoverConfig(_Strict):

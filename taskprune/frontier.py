@@ -10,7 +10,6 @@ to dense (rounds interleaved).
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from taskprune.config import Params
 from taskprune.data.schema import read_jsonl
 from taskprune.evaluation import size_metrics
 from taskprune.evaluation.accuracy import run_lm_eval
-from taskprune.evaluation.size import decode_tokens_per_s
+from taskprune.evaluation.size import paired_decode
 from taskprune.models.formats import FORMATS
 from taskprune.models.loading import load_local, pick_device
 from taskprune.paths import Project
@@ -55,12 +54,8 @@ class Frontier:
         rounds = self.params.target.decode_rounds
         if not rounds:
             return None
-        tokens = self.params.evaluate.decode_tokens
-        times: dict[str, list[float]] = {"dense": [], "point": []}
-        for _ in range(rounds):
-            for label, m in (("dense", self.dense), ("point", model)):
-                times[label].append(decode_tokens_per_s(m, self.tokenizer, tokens, self.device, repeats=1))
-        return round(statistics.median(times["point"]) / statistics.median(times["dense"]), 4)
+        return paired_decode(model, self.dense, self.tokenizer, self.params.evaluate.decode_tokens, self.device,
+                             rounds)["speedup"]
 
     def fresh(self):
         return load_local(self.project.dense_model, self.device)[0]

@@ -78,6 +78,8 @@ ARTIFACTS = {
     "recovered_model": "artifacts/model/recovered",
     "eval_recovered": "artifacts/eval/recovered.json",
     "metrics": "metrics.json",
+    "summary": "summary.json",                 # the few numbers `dvc metrics show` / `dvc exp show` compare
+    "layer_plot": "artifacts/plots/per_layer.json",  # `dvc plots show`: the pruned model per decoder layer
     "registration": "artifacts/register.json",
 }
 for _name in ARTIFACTS:

@@ -96,9 +96,11 @@ STAGES: tuple[Stage, ...] = (
           params=("recover", "calibration"),
           outs=(Out("recovered_model", cache=False),)),
     Stage("evaluate_recovered", "taskprune.stages.evaluate:run",
-          "the recovered model's evaluation, and metrics.json (dense, pruned, recovered)",
+          "the recovered model's evaluation; metrics.json (dense, pruned, recovered), summary.json (the numbers "
+          "`dvc metrics show` and `dvc exp show` compare) and the per-layer plot data",
           deps=("recovered_model", "data", "masks", "search", "eval_dense", "eval_pruned"), params=("evaluate",),
-          outs=(Out("eval_recovered"), Out("metrics", cache=False, metric=True)), options={"which": "recovered"}),
+          outs=(Out("eval_recovered"), Out("metrics", cache=False), Out("summary", cache=False, metric=True),
+                Out("layer_plot", cache=False)), options={"which": "recovered"}),
     Stage("register", "taskprune.stages.register:run", "MLflow run and model version (alias challenger)",
           deps=("metrics", "pruned_model", "recovered_model"), params=("tracking",),
           outs=(Out("registration", cache=False),)),
@@ -153,11 +155,15 @@ def dvc_stage(entry: Stage) -> dict:
     return spec
 
 
-# `dvc plots show`: target mode's frontier (every point tried; artifacts/frontier/points.json)
+# `dvc plots show`: target mode's frontier (every point tried; artifacts/frontier/points.json) and the pruned
+# model per decoder layer (the method's own quantity: sparsity, rank kept, width kept)
 PLOTS = ({f"{ARTIFACTS['frontier']}/points.json": {
     "x": "reduction", "y": "validation_accuracy", "template": "scatter",
     "title": "Accuracy budget: validation accuracy per point tried",
-    "x_label": "share of decoder-linear parameters removed", "y_label": "validation accuracy"}},)
+    "x_label": "share of decoder-linear parameters removed", "y_label": "validation accuracy"}},
+    {ARTIFACTS["layer_plot"]: {
+        "x": "layer", "y": "value", "template": "linear", "title": "The pruned model per decoder layer",
+        "x_label": "decoder layer", "y_label": "mean over the layer's matrices (see quantity)"}})
 
 
 def dvc_yaml() -> str:

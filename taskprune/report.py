@@ -35,9 +35,30 @@ def value_of(side: dict, key: str):
 
 
 def cell(side: dict, key: str, fmt: str) -> str:
-    """One table cell, in the terminal and in the HTML report alike."""
+    """One table cell, in the terminal and in the HTML report alike (decode speed with its range when it was timed
+    in rounds)."""
     value = value_of(side, key)
-    return "n/a" if value is None else fmt.format(value)
+    if value is None:
+        return "n/a"
+    if key == "tokens_per_s" and side.get("decode_range"):
+        low, high = side["decode_range"]
+        return f"{fmt.format(value)} ({fmt.format(low)}-{fmt.format(high)})"
+    return fmt.format(value)
+
+
+def with_paired_decode(sides: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """Decode speed as timed side by side: each compressed model's rounds and, for dense, the rounds timed next to
+    the last model (its own stage ran minutes apart, under whatever else loaded the machine then)."""
+    last = sides[-1][1].get("decode")
+    out = []
+    for name, side in sides:
+        decode = last if name == "dense" else side.get("decode")
+        if decode:
+            key = "dense_tokens_per_s" if name == "dense" else "tokens_per_s"
+            low, median, high = decode[key]
+            side = {**side, "tokens_per_s": median, "decode_range": [low, high]}
+        out.append((name, side))
+    return out
 
 
 def recovery_name(recovery: dict) -> str:
@@ -90,6 +111,9 @@ def change(dense: dict, model: dict, key: str) -> str:
     if before is None or after is None or how is None:
         return ""
     if how == "ratio":
+        decode = model.get("decode")
+        if key == "tokens_per_s" and decode:  # timed side by side: the ratio of the medians, or no change at all
+            return "no change (within noise)" if decode["within_noise"] else f"{decode['speedup']:.2f}x"
         return f"{after / before:.2f}x" if before else ""
     relative = f"{(after - before) / before:+.1%}" if before else ""
     if how == "points":
@@ -100,8 +124,8 @@ def change(dense: dict, model: dict, key: str) -> str:
 def table_rows(metrics: dict) -> tuple[list[str], list[list[str]]]:
     """Column names and rows of the results table (terminal, markdown and HTML alike): rows that are n/a for
     every model are left out; the last column is the change of the last model against dense."""
-    dense = metrics["dense"]
-    sides = model_sides(metrics)
+    sides = with_paired_decode(model_sides(metrics))
+    dense = sides[0][1]
     columns = ["metric", *(name for name, _ in sides), f"{sides[-1][0]} vs dense"]
     rows = []
     for label, key, fmt in ROWS:

@@ -45,7 +45,7 @@ CONFIGS: dict[str, dict] = {
 HASHED = ("artifacts/masks", "artifacts/updates", "artifacts/search", "artifacts/model/pruned",
           "artifacts/model/recovered")
 UNHASHED = {"stage.json", "adapter_config.json"}
-TIME_FIELDS = {"stage_seconds", "run_seconds", "tokens_per_s", "minutes"}
+TIME_FIELDS = {"stage_seconds", "run_seconds", "tokens_per_s", "minutes", "decode"}
 
 
 def _without_time(tree):

@@ -54,7 +54,13 @@ def test_repro_skip_and_experiments(tiny_project):
     shown = dvc(project, "exp", "show", "--json")
     assert shown.returncode == 0, shown.stderr
     assert '"sparsity": 0.6' in shown.stdout.replace(" ", "").replace('"sparsity":0.6', '"sparsity": 0.6')
-    assert "task_accuracy" in shown.stdout and "bytes_on_disk" in shown.stdout
+    assert '"params_removed"' in shown.stdout and '"bytes_ratio"' in shown.stdout  # summary.json: a few numbers
+    assert "bytes_on_disk" not in shown.stdout  # metrics.json's whole record stays out of the table
+    table = dvc(project, "metrics", "show")
+    assert table.returncode == 0 and "summary.json" in table.stdout and "accuracy.dense" in table.stdout, table.stdout
+    assert len(table.stdout.splitlines()[0].split()) <= 12  # one readable row, not 35 columns
+    plots = dvc(project, "plots", "show", "--json", "artifacts/plots/per_layer.json")
+    assert plots.returncode == 0 and '"layer"' in plots.stdout, plots.stdout[-2000:] + plots.stderr[-2000:]
 
     aware = dvc(project, "exp", "run", "-S", "prune.method=task_aware", "-S", "prune.allocation=owl")
     assert aware.returncode == 0, aware.stdout + aware.stderr

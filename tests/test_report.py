@@ -148,3 +148,23 @@ def test_the_report_renders_in_a_real_browser(tmp_path):
     assert image.size == (1200, 1600)
     histogram = image.histogram()
     assert max(histogram) < 0.97 * sum(histogram)  # not a blank page: text, table rules and figures were painted
+
+
+def test_decode_speed_is_the_side_by_side_timing_with_its_range_and_says_when_it_is_noise():
+    from taskprune.report import table_rows
+
+    side = {"task_accuracy": 0.5, "tokens_per_s": 99.0, "bytes_on_disk": 4e8}
+
+    def metrics(decode):
+        return {"task": "capital", "method": "structured", "dense": dict(side, tokens_per_s=10.0),
+                "pruned": dict(side, decode=decode, tokens_per_s=decode["tokens_per_s"][1])}
+
+    faster = {"rounds": 5, "tokens_per_s": [14.0, 15.0, 15.5], "dense_tokens_per_s": [11.5, 12.0, 12.4],
+              "speedup": 1.25, "within_noise": False}
+    columns, rows = table_rows(metrics(faster))
+    decode = next(row for row in rows if row[0] == "decode tokens/s")
+    # dense as timed next to the pruned model (not its own stage's 10.0), each with its range; the paired ratio
+    assert decode == ["decode tokens/s", "12.0 (11.5-12.4)", "15.0 (14.0-15.5)", "1.25x"]
+    same = dict(faster, tokens_per_s=[11.6, 12.3, 13.0], speedup=1.025, within_noise=True)
+    decode = next(row for row in table_rows(metrics(same))[1] if row[0] == "decode tokens/s")
+    assert decode[-1] == "no change (within noise)"

@@ -41,3 +41,23 @@ def decode_tokens_per_s(model, tokenizer, new_tokens: int, device: str, repeats:
         times.append(time.perf_counter() - start)
     return new_tokens / statistics.median(times)
 
+
+
+def decode_side_by_side(models: dict, tokenizer, new_tokens: int, device: str, rounds: int) -> dict[str, list[float]]:
+    """Decode tokens/s of each model, timed in alternating rounds in this one process (after a warm-up of each),
+    so that whatever else loads the machine meanwhile falls on all of them alike: ``rounds`` values per model."""
+    times: dict[str, list[float]] = {label: [] for label in models}
+    for _ in range(rounds):
+        for label, model in models.items():
+            times[label].append(decode_tokens_per_s(model, tokenizer, new_tokens, device, repeats=1))
+    return times
+
+
+def paired_decode(model, dense, tokenizer, new_tokens: int, device: str, rounds: int) -> dict:
+    """``model`` against ``dense``, side by side: medians and ranges, the ratio of the medians, and whether the
+    difference is within the noise (the two ranges overlap)."""
+    times = decode_side_by_side({"model": model, "dense": dense}, tokenizer, new_tokens, device, rounds)
+    spread = {label: [round(min(v), 2), round(statistics.median(v), 2), round(max(v), 2)] for label, v in times.items()}
+    return {"rounds": rounds, "tokens_per_s": spread["model"], "dense_tokens_per_s": spread["dense"],
+            "speedup": round(spread["model"][1] / spread["dense"][1], 4),
+            "within_noise": spread["model"][0] <= spread["dense"][2] and spread["dense"][0] <= spread["model"][2]}

@@ -35,7 +35,9 @@ def evaluate_model(params: Params, project: Project, which: str) -> dict:
                          f.stat().st_size for f in (directory / LORA_DIR).glob("*.safetensors")))
     print(f"evaluating {which} model on the test split and held-out general text ...", flush=True)
     held_out = read_texts(project.data / "general_eval.jsonl")
-    result = evaluate_loaded(model, tokenizer, project.data / "task_test.jsonl", held_out, params.evaluate, device)
+    dense = None if which == "dense" else load_local(project.dense_model, device)[0]  # decode timed side by side
+    result = evaluate_loaded(model, tokenizer, project.data / "task_test.jsonl", held_out, params.evaluate, device,
+                             dense=dense)
     result.update(sizes)
     return result
 
@@ -52,10 +54,42 @@ def run(params: Params, project: Project, which: str = "pruned") -> None:
             result["chance_accuracy"] = data_info["chance_accuracy"]
         write_json(project.eval_file(which), result)
         timer.done(device=pick_device(params.model.device))
+        decode = result.get("decode")
+        paired = (f" ({decode['speedup']:.2f}x dense side by side"
+                  + (", within noise)" if decode["within_noise"] else ")")) if decode else ""
         print(f"{which}: task accuracy {result['task_accuracy']:.4f}, perplexity {result['perplexity']:.2f}, "
-              f"{result['tokens_per_s']:.1f} tokens/s")
+              f"{result['tokens_per_s']:.1f} tokens/s{paired}")
     if which == "recovered":
-        write_json(project.metrics, build_metrics(params, project, data_info))
+        metrics = build_metrics(params, project, data_info)
+        write_json(project.metrics, metrics)
+        write_json(project.summary, summary(metrics))
+        per_matrix = read_json(project.pruned_model / "stage.json")["per_matrix"]
+        write_json(project.layer_plot, {"quantity": per_matrix["quantity"], "layers": per_layer(per_matrix["values"])})
+
+
+def summary(metrics: dict) -> dict:
+    """The few numbers people compare first across runs and experiments, flat enough for one table row."""
+    dense, final = metrics["dense"], metrics.get("recovered", metrics["pruned"])
+    out = {"accuracy": {"dense": dense["task_accuracy"], "pruned": metrics["pruned"]["task_accuracy"]}}
+    if "recovered" in metrics:
+        out["accuracy"]["recovered"] = final["task_accuracy"]
+    out["accuracy_change"] = round(final["task_accuracy"] - dense["task_accuracy"], 4)
+    out["params_removed"] = round(1 - final["decoder_linear_nonzero"] / dense["decoder_linear_nonzero"], 4) \
+        if "decoder_linear_nonzero" in dense else None
+    out["bytes_ratio"] = round(final["bytes_on_disk"] / dense["bytes_on_disk"], 4)
+    out["decode_speedup"] = round(final["tokens_per_s"] / dense["tokens_per_s"], 3) if dense.get("tokens_per_s") else None
+    out["perplexity"] = {"dense": dense["perplexity"], "final": final["perplexity"]}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def per_layer(values: dict[str, float]) -> list[dict]:
+    """The per-matrix quantity averaged over each decoder layer (keys start with the layer index)."""
+    layers: dict[int, list[float]] = {}
+    for key, value in values.items():
+        head = key.split(".", 1)[0]
+        if head.isdigit():
+            layers.setdefault(int(head), []).append(float(value))
+    return [{"layer": layer, "value": round(sum(v) / len(v), 4)} for layer, v in sorted(layers.items())]
 
 
 def _public(result: dict) -> dict:
