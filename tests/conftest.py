@@ -138,6 +138,12 @@ def write_general_text(path: Path, paragraphs: int = 200) -> Path:
     return path
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto``: one worker more than cores (at most 8). A quarter of the suite's time is spent waiting on
+    servers, subprocesses and polls; the extra worker fills it."""
+    return min((os.cpu_count() or 1) + 1, 8)
+
+
 FIRST = ("test_end_to_end.py",)  # the longest test: started at once, beside everything else
 
 

@@ -1,6 +1,7 @@
 """The whole flow on the embedded default (SmolLM2-135M-Instruct, CPU, offline): `taskprune run` twice, in the
 default target mode (the smallest model within 5 % of dense accuracy), with a shorter level grid (one grid level and
-one bisection step, structured only) so the suite stays within its time.
+one bisection step, structured only), half the calibration samples and 120 test questions, so the suite stays within
+its time.
 
 Slow (about 6-8 minutes on 2 cores): run alone with `pytest -m slow tests/test_end_to_end.py`.
 """
@@ -19,11 +20,14 @@ pytestmark = pytest.mark.slow
 def test_default_run_then_rerun_skips_everything(tmp_path):
     project = make_project(tmp_path / "project")
     first = taskprune(project, "run", "-S", "target.methods=[structured]", "-S", "target.levels=[0.05]",
-                      "-S", "target.refine=1", timeout=1500)
+                      "-S", "target.refine=1", "-S", "calibration.num_samples=32", "-S", "evaluate.limit=120",
+                      timeout=1500)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     metrics = json.loads((project / "metrics.json").read_text())
     dense, pruned, target = metrics["dense"], metrics["pruned"], metrics["target"]
-    assert metrics["task"] == "capital" and dense["test_examples"] >= 200 and target["validation_examples"] >= 60
+    split = json.loads((project / "artifacts" / "data" / "stage.json").read_text())
+    assert metrics["task"] == "capital" and split["test_examples"] >= 200 and target["validation_examples"] >= 60
+    assert dense["test_examples"] == 120  # evaluate.limit
     assert dense["task_accuracy"] > dense["chance_accuracy"] + 0.3  # SmolLM2 clearly knows capitals
     frontier = json.loads((project / "artifacts" / "frontier" / "frontier.json").read_text())
     levels = [p["level"] for p in frontier["points"]]  # the grid level, then one bisection step if it failed

@@ -79,7 +79,8 @@ def test_unreachable_s3_is_one_clear_message_after_retries(tmp_path, monkeypatch
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing-secret-value",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                       "AWS_MAX_ATTEMPTS": "2"}.items():  # the message after the retries, without waiting for 8
         monkeypatch.setenv(key, value)
     with pytest.raises(TaskPruneError) as error:
         read_bytes("s3://tasks/my/task.jsonl", tmp_path)

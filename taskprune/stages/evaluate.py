@@ -35,7 +35,8 @@ def evaluate_model(params: Params, project: Project, which: str) -> dict:
                          f.stat().st_size for f in (directory / LORA_DIR).glob("*.safetensors")))
     print(f"evaluating {which} model on the test split and held-out general text ...", flush=True)
     held_out = read_texts(project.data / "general_eval.jsonl")
-    dense = None if which == "dense" else load_local(project.dense_model, device)[0]  # decode timed side by side
+    side_by_side = which != "dense" and (project.dense_model / "config.json").is_file()
+    dense = load_local(project.dense_model, device)[0] if side_by_side else None  # decode timed next to it
     result = evaluate_loaded(model, tokenizer, project.data / "task_test.jsonl", held_out, params.evaluate, device,
                              dense=dense)
     result.update(sizes)
