@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the process-level services of the server tests
+sys.path[:0] = [str(REPO / "tests"), str(REPO)]  # the server tests' process-level services (and their helpers)
 
 from infra import BIN, Infra, service  # noqa: E402
 from pipeline_helpers import cli_env, wait_for  # noqa: E402
@@ -186,6 +187,7 @@ def ray_rows(root: Path, tasks: int) -> list[tuple[str, str, str]]:
     local_project = tiny_search_project(root, "local", workers=replicas)
     local_seconds = search_seconds(local_project, cli_env(local_project))
     infra = Infra(root / "ray")
+    keep = Path(tempfile.mkdtemp(prefix="bench-ray-logs-"))  # Ray's logs outlive the cluster, for a failure
     try:
         began = time.perf_counter()
         head = infra.start_ray_head()
@@ -194,12 +196,13 @@ def ray_rows(root: Path, tasks: int) -> list[tuple[str, str, str]]:
         startup = time.perf_counter() - began
         address = f"ray://127.0.0.1:{infra.local.ports[10001]}"
         token = {k: v for k, v in infra.client_environment().items() if k.startswith("RAY_AUTH")}
+        cluster_project = tiny_search_project(root, "cluster", ray_address=address)
+        cluster_seconds = search_seconds(cluster_project, {**cli_env(cluster_project), **token})  # the first client
         per_task = python(RAY_TASKS, address, str(tasks), env={**local_env, **token})
         rows.append((f"Ray cluster: head + {replicas} workers (`ray start`)", f"{startup:.1f} s",
                      f"{ms(per_task)} per trivial task through `ray://`"))
-        cluster_project = tiny_search_project(root, "cluster", ray_address=address)
-        cluster_seconds = search_seconds(cluster_project, {**cli_env(cluster_project), **token})
     finally:
+        shutil.copytree(infra.ray_tmp, keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock", "sockets"))
         infra.close()
     rows.append((f"search, {replicas} local worker processes", f"{local_seconds:.1f} s",
                  "`taskprune stage search`, population 16, 4 generations"))
@@ -212,11 +215,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--only", nargs="+", choices=("mlflow", "prefect", "ray"), default=("mlflow", "prefect", "ray"))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "servers.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-servers-") as scratch:
         root = Path(scratch)
-        rows = mlflow_rows(root, args.rounds) + prefect_rows(root, args.rounds) + ray_rows(root, args.tasks)
+        rows = []
+        for part, measure, count in (("mlflow", mlflow_rows, args.rounds), ("prefect", prefect_rows, args.rounds),
+                                     ("ray", ray_rows, args.tasks)):
+            if part in args.only:
+                try:
+                    rows += measure(root, count)
+                except Exception as exc:  # a part that failed is reported as such; the others still are
+                    rows.append((f"{part}: failed", type(exc).__name__, str(exc).strip().splitlines()[-1][:200]))
     lines = ["# The server set-up: SQLite vs PostgreSQL, in-process Ray vs a Ray cluster", "",
              "| what | start-up / wall time | per operation |", "|---|---|---|",
              *[f"| {a} | {b} | {c} |" for a, b, c in rows], "",
