@@ -16,14 +16,14 @@ def _pyplot():
 
 
 def run_name_of(params: Params, task_label: str) -> str:
-    """The MLflow run's name, what differs between runs first: task, (the budget,) method and its level, e.g.
-    ``capital-wanda-0.5`` or ``capital-within0.05-structured-0.025``; the rest of the settings are in tags."""
+    """The MLflow run's name, what differs between runs first and short enough for the runs list's column: task,
+    method and its level, e.g. ``capital-wanda-0.5``, ``capital-structured-0.025`` (in target mode the chosen point;
+    the budget is in the run's description and params); the rest of the settings are in tags."""
     prune = params.prune
     level = params
     for part in prune.method_object.level_key.split("."):
         level = getattr(level, part)
-    budget = f"within{params.target.max_accuracy_drop:g}-" if params.target.enabled else ""
-    return f"{task_label}-{budget}{prune.label}-{level:g}"
+    return f"{task_label}-{prune.label}-{level:g}"
 
 
 def sparsity_figure(per_layer: dict[str, float], title: str, label: str = "sparsity (fraction of weights zeroed)"):
