@@ -231,8 +231,8 @@ def test_search_on_a_ray_cluster_with_a_worker_killed_mid_search_matches_the_loc
     """search.ray_address at a Ray cluster of separate processes, started as infra/docker-compose.yml starts
     it (`ray start --head`, and its worker replicas with `ray start --address`): every fitness is a Prefect
     task on Prefect's Ray task runner. One worker node is killed (its raylet and worker processes, SIGKILL)
-    once the first generation is saved: Ray retries the lost evaluations on the other nodes, and the search
-    ends where the local one does."""
+    once the first generation is saved, while the search runs: it goes on on the other nodes (Ray retries a task
+    whose node died) and ends where the local one does."""
     import os
     import signal
     import subprocess
