@@ -12,6 +12,15 @@ from taskprune.paths import Project, read_json
 class Artifacts:
     def __init__(self, project: Project):
         self.project = project
+        self._kept: dict = {}
+
+    def kept(self, key, make):
+        """``make()``'s result, computed once per ``key`` for as long as this object lives: a method keeps here what
+        does not change with its compression level (target mode scores one method at many levels with one
+        ``Artifacts``); a stage's own ``Artifacts`` serves one level, so nothing is computed twice."""
+        if key not in self._kept:
+            self._kept[key] = make()
+        return self._kept[key]
 
     def stats(self):
         """Both calibration sides' square sums (``SideStats`` per side)."""
@@ -20,10 +29,11 @@ class Artifacts:
         return load_stats(self.project.stats)
 
     def moments(self, sides: list[str]) -> dict:
-        """Second moments per side (LLM-Sieve): side -> {matrix key: tensor}."""
+        """Second moments per side (LLM-Sieve, the structured refit): side -> {matrix key: tensor}, each matrix
+        read from disk when it is looked up."""
         from taskprune.calibration import load_moments
 
-        return {side: load_moments(self.project.moments / f"{side}.safetensors")[0] for side in sides}
+        return {side: load_moments(self.project.moments / side) for side in sides}
 
     def blocks(self, tokenizer, cfg, sides) -> dict:
         """Calibration token blocks of ``sides`` (layer-by-layer methods re-walk them)."""

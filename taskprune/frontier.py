@@ -43,6 +43,7 @@ class Frontier:
         self.dense_accuracy, self.dense_items = dense["task_accuracy"], dense["items"]
         self.dense_size = size_metrics(self.dense, self.arch, project.dense_model)
         self.scores: dict[str, object] = {}
+        self.inputs = Artifacts(project)  # one for every point: what a method keeps across levels stays
         self.blocks = None
 
     def evaluate(self, model) -> dict:
@@ -65,7 +66,7 @@ class Frontier:
         key = params.prune.model_dump_json()
         if key not in self.scores:
             self.scores = {key: params.prune.method_object.score(params, self.fresh(), self.tokenizer, self.arch,
-                                                                 Artifacts(self.project))}
+                                                                 self.inputs)}
         return self.scores[key]
 
     def recover(self, params: Params, model, masks, label: str):

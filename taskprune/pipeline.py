@@ -156,14 +156,18 @@ def dvc_stage(entry: Stage) -> dict:
 
 
 # `dvc plots show`: target mode's frontier (every point tried; artifacts/frontier/points.json) and the pruned
-# model per decoder layer (the method's own quantity: sparsity, rank kept, width kept)
+# model per decoder layer (the method's own quantity: sparsity, rank kept, width kept; and its drift from dense)
 PLOTS = ({f"{ARTIFACTS['frontier']}/points.json": {
     "x": "reduction", "y": "validation_accuracy", "template": "scatter",
     "title": "Accuracy budget: validation accuracy per point tried",
     "x_label": "share of decoder-linear parameters removed", "y_label": "validation accuracy"}},
     {ARTIFACTS["layer_plot"]: {
         "x": "layer", "y": "value", "template": "linear", "title": "The pruned model per decoder layer",
-        "x_label": "decoder layer", "y_label": "mean over the layer's matrices (see quantity)"}})
+        "x_label": "decoder layer", "y_label": "mean over the layer's matrices (see quantity)"}},
+    {"layer_drift": {
+        "x": "layer", "y": {ARTIFACTS["layer_plot"]: ["drift_task", "drift_general"]}, "template": "linear",
+        "title": "Drift from the dense model after each decoder layer (task prompts, general text)",
+        "x_label": "decoder layer", "y_label": "||h - h_dense|| / ||h_dense||"}})
 
 
 def dvc_yaml() -> str:

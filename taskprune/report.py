@@ -231,7 +231,8 @@ img { max-width: 100%; border: 1px solid #eee; margin: .4em 0; } .meta { color: 
 CAPTIONS = {"sparsity_per_layer": "Sparsity per layer", "reduction_per_matrix": "Parameters removed per matrix",
             "exclusive_channels": "Task- and general-exclusive input channels",
             "search_convergence": "Genetic search: convergence", "pareto_front": "Genetic search: Pareto front",
-            "recovery_loss": "Recovery: loss", "frontier": "Accuracy budget: validation accuracy per level tried"}
+            "recovery_loss": "Recovery: loss", "frontier": "Accuracy budget: validation accuracy per level tried",
+            "layer_drift": "Drift from the dense model, layer by layer"}
 
 
 def _png(figure) -> str:
@@ -248,7 +249,8 @@ def _png(figure) -> str:
 
 def html_report(metrics: dict, per_matrix: dict, run_name: str, *, compression: str = "", search: dict | None = None,
                 exclusive: dict | None = None, history: list[dict] | None = None,
-                registration: dict | None = None, figures: dict | None = None, frontier: dict | None = None) -> str:
+                registration: dict | None = None, figures: dict | None = None, frontier: dict | None = None,
+                drift: dict | None = None) -> str:
     """One self-contained HTML page (figures inlined as PNG) for a run; ``figures`` (``run_figures`` of
     the same run) when the caller has made them already."""
     import datetime as dt
@@ -268,7 +270,7 @@ def html_report(metrics: dict, per_matrix: dict, run_name: str, *, compression: 
         subtitle += (f"; registered as {registration['registered_model']} version "
                      f"{registration.get('recovered_version', registration['version'])}, MLflow run {registration['run_id']}")
     if figures is None:
-        figures = run_figures(run_name, per_matrix, search, exclusive, history, frontier)
+        figures = run_figures(run_name, per_matrix, search, exclusive, history, frontier, drift)
     figures = [(CAPTIONS.get(path.split("/")[-1][:-4], path), _png(fig)) for path, fig in figures.items()]
     return Environment(autoescape=True).from_string(HTML).render(
         title=run_name, subtitle=subtitle, answer=answer, points=(frontier or {}).get("points"), sides=columns[1:],

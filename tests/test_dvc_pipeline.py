@@ -61,6 +61,11 @@ def test_repro_skip_and_experiments(tiny_project):
     assert len(table.stdout.splitlines()[0].split()) <= 12  # one readable row, not 35 columns
     plots = dvc(project, "plots", "show", "--json", "artifacts/plots/per_layer.json")
     assert plots.returncode == 0 and '"layer"' in plots.stdout, plots.stdout[-2000:] + plots.stderr[-2000:]
+    layers = json.loads((project / "artifacts" / "plots" / "per_layer.json").read_text())["layers"]
+    assert all(row["drift_task"] >= 0 and row["drift_general"] >= 0 for row in layers)
+    assert layers[-1]["drift_task"] > 0  # 60 % sparsity moves the last layer's output
+    drift = dvc(project, "plots", "show", "--json", "layer_drift")
+    assert drift.returncode == 0 and '"drift_general"' in drift.stdout, drift.stdout[-2000:] + drift.stderr[-2000:]
 
     aware = dvc(project, "exp", "run", "-S", "prune.method=task_aware", "-S", "prune.allocation=owl")
     assert aware.returncode == 0, aware.stdout + aware.stderr

@@ -78,6 +78,7 @@ def test_default_run_then_rerun_skips_everything(tmp_path):
     report = taskprune(project, "report")
     assert report.returncode == 0 and "logged to MLflow run" in report.stdout, report.stderr[-2000:]
     page = (project / "report.html").read_text()
-    # the frontier and the per-matrix picture of the structured model
-    assert page.count("data:image/png;base64,") == 2 and "Accuracy budget: every point tried" in page
+    # the frontier, the per-matrix picture of the structured model and its drift from dense layer by layer
+    assert page.count("data:image/png;base64,") == 3 and "Accuracy budget: every point tried" in page
+    assert "Drift from the dense model, layer by layer" in page
     assert answer in page

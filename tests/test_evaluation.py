@@ -72,3 +72,32 @@ def test_prior_correction_removes_a_label_lean():
     assert prior_corrected_accuracy(scored) == 1.0
     open_choices = [([f"city{i}", f"city{i + 100}"], [0.0, -1.0], 0) for i in range(40)]
     assert prior_corrected_accuracy(open_choices) is None  # no fixed label set: not defined
+
+
+def test_layer_drift_is_zero_until_the_first_changed_layer_and_follows_removed_layers(tiny_llama_dir, eval_files):
+    import torch
+
+    from taskprune.data.schema import read_jsonl
+    from taskprune.data.texts import read_texts
+    from taskprune.evaluation.drift import drift_sequences, kept_positions, layer_drift
+
+    dense, tokenizer, arch = load_local(tiny_llama_dir)
+    model = load_local(tiny_llama_dir)[0]
+    sequences = drift_sequences(tokenizer, read_jsonl(eval_files / "test.jsonl"), read_texts(eval_files / "general.jsonl"))
+    assert len(sequences["task"]) == 8 and len(sequences["general"]) == 4
+    same = layer_drift(model, arch.layers(model), dense, arch.layers(dense), sequences, "cpu")
+    assert same["texts"] == {"task": 8, "general": 4}
+    assert [row["layer"] for row in same["layers"]] == [0, 1]
+    assert all(row[kind] == 0 for row in same["layers"] for kind in ("task", "general"))
+
+    with torch.no_grad():  # change the second layer only: the first stays exact, the second departs
+        arch.weight(arch.linears(arch.layers(model)[1])["mlp.down_proj"]).mul_(0.5)
+    changed = layer_drift(model, arch.layers(model), dense, arch.layers(dense), sequences, "cpu")
+    assert changed["layers"][0]["task"] == 0 and changed["layers"][1]["task"] > 0.01
+    assert changed["layers"][1]["general"] > 0.01
+
+    assert kept_positions(3, [0]) == [None, 0, 1] and kept_positions(3, [1]) == [0, 0, 1]
+    shallow = load_local(tiny_llama_dir)[0]
+    del arch.layers(shallow)[1]  # the last layer removed: after layer 1 it still carries layer 0's state
+    removed = layer_drift(shallow, arch.layers(shallow), dense, arch.layers(dense), sequences, "cpu", removed=[1])
+    assert removed["layers"][0]["task"] == 0 and removed["layers"][1]["task"] > 0.01

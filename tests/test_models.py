@@ -108,3 +108,40 @@ def test_provenance_names_the_base_model_and_its_licence(tmp_path):
     (local / "README.md").write_text("---\nlicense: mit\nbase_model:\n- org/base\n---\n# card\n")
     assert provenance(str(local), tmp_path) == ("org/base", "mit")
     assert provenance("org/some-model", tmp_path)[0] == "org/some-model"  # a hub id (offline: licence unknown)
+
+
+def test_second_moments_are_written_layer_by_layer_and_read_one_matrix_at_a_time(tiny_model_dir, tmp_path):
+    """Calibration hands each layer's x x^T to the writer as soon as that layer is done (never the whole model's
+    at once); the files read back lazily to the moments of a whole-model forward, q/k/v (and gate/up) sharing one."""
+    from taskprune.calibration import MomentWriter, load_moments
+
+    model, tokenizer, arch = load_local(tiny_model_dir)
+    torch.manual_seed(0)
+    input_ids = torch.randint(0, len(tokenizer), (6, 24))
+    writer, handed = MomentWriter(tmp_path / "task", {"tokens": input_ids.numel()}), []
+
+    def keep_order(layer, moments):
+        handed.append((layer, sorted({key.split(".", 1)[0] for key in moments})))
+        writer(layer, moments)
+
+    stats = collect_input_square_sums(model, arch, input_ids, batch_size=4, moments=keep_order)
+    layers = len(arch.layers(model))
+    assert handed == [(i, [str(i)]) for i in range(layers)]  # one call per layer, with that layer's keys only
+    moments = load_moments(tmp_path / "task")
+    assert set(moments) == set(stats) and len(list((tmp_path / "task").glob("*.safetensors"))) == layers
+    expected = {}
+    handles = []
+    for key, module in arch.named_linears(model).items():
+        def hook(_m, inputs, _out, key=key):
+            x = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
+            expected[key] = expected.get(key, 0) + x.T @ x
+        handles.append(module.register_forward_hook(hook))
+    with torch.no_grad():
+        model(input_ids, use_cache=False)
+    for handle in handles:
+        handle.remove()
+    for key in stats:
+        assert torch.allclose(moments[key].double(), expected[key], rtol=1e-4, atol=1e-4), key
+        assert torch.allclose(torch.diagonal(moments[key]).double(), stats[key].double(), rtol=1e-4, atol=1e-5)
+    first = next(iter(arch.named_linears(model)))
+    assert moments[first] is not moments[first]  # read from disk on each lookup, not held

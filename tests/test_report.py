@@ -65,6 +65,12 @@ def test_sparsity_run_report_has_table_heatmap_loss_curve_and_stage_times():
     owl = parse(html_report(metrics, per_matrix_of({"0.mlp.up_proj": 0.45, "1.mlp.up_proj": 0.55}), "owl-run"))
     assert "Sparsity per layer" in owl.headings
     assert "LoRA recovery: 2 steps" in html
+    # what does differ per layer in a uniform run: how far each layer's output is from dense
+    drift = {which: {"texts": {"task": 8, "general": 8}, "max_tokens": 128,
+                     "layers": [{"layer": i, "task": 0.1 * (i + 1) * scale, "general": 0.05 * (i + 1) * scale}
+                                for i in range(3)]} for which, scale in (("pruned", 1.0), ("recovered", 0.5))}
+    drifted = parse(html_report(metrics, per_matrix, "wanda-run", drift=drift))
+    assert "Drift from the dense model, layer by layer" in drifted.headings and len(drifted.images) == 1
 
 
 def test_sieve_report_has_rank_map_convergence_and_pareto_table():

@@ -144,7 +144,7 @@ def test_sieve_search_end_to_end_on_a_tiny_model(tiny_llama_dir, tmp_path):
     assert allocation["kind"] == "lowrank" and len(allocation["history"]) == 2
     assert allocation["cost"] <= allocation["budget"] and allocation["reduction"] == pytest.approx(0.4, abs=0.01)
     assert allocation["best_fitness"] >= allocation["uniform_fitness"]
-    assert (project.moments / "task.safetensors").is_file() and (project.updates / "factors.safetensors").is_file()
+    assert (project.moments / "task" / "layer-0000.safetensors").is_file() and (project.updates / "factors.safetensors").is_file()
     assert not (project.state / "checkpoints").exists() or not any((project.state / "checkpoints").iterdir())
     run_stages(params, project, "evaluate_dense", "evaluate")
     dense, pruned = read_json(project.eval_dir / "dense.json"), read_json(project.eval_dir / "pruned.json")

@@ -107,7 +107,8 @@ def test_fusion_at_unit_level_protects_units_the_task_needs():
     assert plain[3] == pytest.approx(plain[4]) and plain[3] < fused[3]
 
 
-def test_a_structured_run_gives_a_smaller_checkpoint_plain_transformers_and_mlflow_load(tokenizer_dir, tmp_path):
+def test_a_structured_run_gives_a_smaller_checkpoint_plain_transformers_and_mlflow_load(tokenizer_dir, tmp_path,
+                                                                                      monkeypatch):
     """Four layers, Qwen2 (biases on q/k/v): one layer, one head group and MLP channels removed by skip scores,
     then distilled full fine-tuning; the pruned and the recovered model keep the smaller config, load in a Python
     process that never imports TaskPrune, and the registered version loads with mlflow.transformers."""
@@ -170,6 +171,26 @@ def test_a_structured_run_gives_a_smaller_checkpoint_plain_transformers_and_mlfl
         "print('loaded')\n")
     done = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "loaded" in done.stdout, done.stderr[-3000:]
+
+    # the drift from dense is measured per dense layer; the removed layer's state is the one before it
+    drift = json.loads(project.eval_file("pruned").read_text())["drift"]
+    assert [row["layer"] for row in drift["layers"]] == [0, 1, 2, 3]
+    assert all(row["task"] > 0 and row["general"] > 0 for row in drift["layers"])
+
+    # target mode scores one method at several levels with one Artifacts: the importance is computed once
+    from taskprune.artifacts import Artifacts
+    from taskprune.methods import get_method
+    from taskprune.target import at_level
+
+    params = config.load(project.params_file)
+    method, inputs, calls = get_method("structured"), Artifacts(project), []
+    layer_importance = method.layer_importance
+    monkeypatch.setattr(method, "layer_importance", lambda *args: calls.append(1) or layer_importance(*args))
+    model, tokenizer_, arch = load_local(project.dense_model)
+    kept = [method.score(at_level(params, "structured", level), model, tokenizer_, arch, inputs).structure
+            for level in (0.5, 0.6)]
+    assert len(calls) == 1 and kept[0]["layer_scores"] == kept[1]["layer_scores"]
+    assert kept[0]["counts"]["reduction"] < kept[1]["counts"]["reduction"]
 
 
 def test_the_refit_brings_the_kept_columns_closer_to_the_dense_output():

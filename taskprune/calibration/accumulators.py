@@ -101,22 +101,24 @@ def block_influence(step: LayerPass, side: str) -> float:
 @torch.no_grad()
 def collect_input_square_sums(model: nn.Module, arch: Architecture, input_ids: torch.Tensor,
                               batch_size: int = 8, device: str = "cpu", desc: str = "calibrating",
-                              moments: bool = False, influence: list | None = None):
+                              moments: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+                              influence: list | None = None) -> dict[str, torch.Tensor]:
     """Sum over all calibration tokens of x_j^2 for every input channel j of every decoder linear.
 
     Keys are ``"<layer index>.<linear name>"``; ``sqrt`` of a value is Wanda's ||X_j||_2.
-    With ``moments`` it returns ``(square sums, second moments)``: the second moments (sum of
-    x x^T, as LLM-Sieve's factorisation needs) once per distinct input of a layer, keyed by the
-    first linear reading it, and the square sums taken from their diagonals' float64 twin.
+    With ``moments`` (a callable) each layer's second moments (sum of x x^T, as LLM-Sieve's factorisation
+    and the structured refit need; linears reading one input share one tensor) are handed to it as soon as that
+    layer is done, ``moments(layer index, {key: tensor})``, so the caller writes them out and no more than one
+    layer's are ever held; the square sums are then taken from the moments' float64 twin.
     A list given as ``influence`` receives each layer's block influence (``block_influence``).
     """
     stats: dict[str, torch.Tensor] = {}
-    second: dict[str, torch.Tensor] = {}
     for step in sequential_layers(model, arch, {"calibration": input_ids}, batch_size, device, desc):
         accs = accumulate_inputs(step, arch, "calibration", Moments if moments else SquareSums)
         if influence is not None:
             influence.append(block_influence(step, "calibration"))
         layer_moments: list[torch.Tensor] = []
+        second: dict[str, torch.Tensor] = {}
         for name, acc in accs.items():
             key = f"{step.index}.{name}"
             if not moments:
@@ -128,5 +130,8 @@ def collect_input_square_sums(model: nn.Module, arch: Architecture, input_ids: t
             second[key] = next((m for m in layer_moments if m.shape == h.shape and torch.equal(m, h)), h)
             if second[key] is h:
                 layer_moments.append(h)
-    return (stats, second) if moments else stats
+        if moments:
+            moments(step.index, second)
+        del accs, layer_moments, second
+    return stats
 

@@ -91,11 +91,13 @@ class Structured(Method):
         units = arch.units(model.config)
         counts = unit_counts(units, cfg.structured)
         stats = inputs.stats()
-        sides = {side: unit_importance(model, arch, stats[side]) for side in SIDES}
+        # importance does not change with the level: kept for the next level when target mode tries several
+        sides = inputs.kept(("structured", "units"),
+                            lambda: {side: unit_importance(model, arch, stats[side]) for side in SIDES})
         fused = {kind: [fuse_units(g, t, cfg.task_aware) for g, t in zip(sides["general"][kind], sides["task"][kind])]
                  for kind in ("channels", "groups")}
-        layers = self.layer_importance(params, model, tokenizer, arch, inputs, stats) if counts.layers_removed \
-            else None
+        layers = inputs.kept(("structured", "layers", cfg.structured.layer_score), lambda: self.layer_importance(
+            params, model, tokenizer, arch, inputs, stats)) if counts.layers_removed else None
         layer_scores = fuse_units(layers["general"], layers["task"], cfg.task_aware) if layers is not None \
             else torch.ones(units.layers, dtype=torch.float64)
         keep = choose(counts, layer_scores, fused["channels"], fused["groups"])

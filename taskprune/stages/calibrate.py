@@ -4,7 +4,7 @@ per-input-channel square sums, and with them full second moments when the plan s
 from __future__ import annotations
 
 from taskprune import tensorfile
-from taskprune.calibration import collect_input_square_sums, save_moments
+from taskprune.calibration import MomentWriter, collect_input_square_sums
 from taskprune.calibration.blocks import calibration_blocks
 from taskprune.config import Params
 from taskprune.models.loading import load_local, pick_device
@@ -26,14 +26,13 @@ def run(params: Params, project: Project) -> None:
             for side, ids in calibration_blocks(project, cfg, tokenizer).items():
                 started = timer.seconds()
                 layers: list[float] | None = [] if influence else None
-                stats = collect_input_square_sums(model, arch, ids, cfg.batch_size, device, desc=f"calibrate {side}",
-                                                  moments=moments, influence=layers)
                 metadata = {"side": side, "tokens": ids.numel(), "seq_len": cfg.seq_len}
+                # second moments go to disk layer by layer (one layer's at a time in memory)
+                writer = MomentWriter(moments_out / side, metadata) if moments else None
+                stats = collect_input_square_sums(model, arch, ids, cfg.batch_size, device, desc=f"calibrate {side}",
+                                                  moments=writer, influence=layers)
                 if influence:
                     metadata["influence"] = [round(v, 6) for v in layers]
-                if moments:
-                    stats, second = stats
-                    save_moments(moments_out / f"{side}.safetensors", second, metadata)
                 tensorfile.save(stats, out / f"{side}.safetensors", metadata)
                 record[f"{side}_seconds"] = round(timer.seconds() - started, 2)
                 record[f"{side}_blocks"] = len(ids)

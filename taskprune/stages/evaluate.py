@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from taskprune.config import Params
 from taskprune.data.texts import read_texts
+from taskprune.data.schema import read_jsonl
 from taskprune.evaluation import evaluate_loaded, size_metrics
+from taskprune.evaluation.drift import drift_sequences, layer_drift
 from taskprune.models.loading import load_local, pick_device
 from taskprune.paths import LORA_DIR, Project, StageTimer, read_json, write_json
 from taskprune.pipeline import producer, stage_records
@@ -24,6 +26,7 @@ def evaluate_model(params: Params, project: Project, which: str) -> dict:
     directory = project.path(f"{which}_model")
     model, tokenizer, arch = load_local(directory, device)
     sizes = size_metrics(model, arch, directory)
+    layers = arch.layers(model)  # before an adapter wraps the model (its hooks still see every forward pass)
     if (directory / LORA_DIR).is_dir():  # recovered with merge: false: the pruned weights + a LoRA adapter
         from peft import PeftModel
 
@@ -40,6 +43,10 @@ def evaluate_model(params: Params, project: Project, which: str) -> dict:
     result = evaluate_loaded(model, tokenizer, project.data / "task_test.jsonl", held_out, params.evaluate, device,
                              dense=dense)
     result.update(sizes)
+    if dense is not None:  # where, layer by layer, the compressed model departs from dense
+        removed = read_json(project.pruned_model / "stage.json").get("removed_layers", [])
+        sequences = drift_sequences(tokenizer, read_jsonl(project.data / "task_test.jsonl"), held_out)
+        result["drift"] = layer_drift(model, layers, dense, arch.layers(dense), sequences, device, removed)
     return result
 
 
@@ -65,7 +72,12 @@ def run(params: Params, project: Project, which: str = "pruned") -> None:
         write_json(project.metrics, metrics)
         write_json(project.summary, summary(metrics))
         per_matrix = read_json(project.pruned_model / "stage.json")["per_matrix"]
-        write_json(project.layer_plot, {"quantity": per_matrix["quantity"], "layers": per_layer(per_matrix["values"])})
+        layers = per_layer(per_matrix["values"])
+        final = read_json(project.eval_file("recovered" if "recovered" in metrics else "pruned"))
+        drift = {row["layer"]: row for row in final.get("drift", {}).get("layers", [])}
+        for row in layers:  # `dvc plots show`: the method's quantity and the drift from dense, one row per layer
+            row.update({f"drift_{kind}": value for kind, value in drift.get(row["layer"], {}).items() if kind != "layer"})
+        write_json(project.layer_plot, {"quantity": per_matrix["quantity"], "layers": layers})
 
 
 def summary(metrics: dict) -> dict:
@@ -94,7 +106,8 @@ def per_layer(values: dict[str, float]) -> list[dict]:
 
 
 def _public(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k != "items"}
+    """A model's evaluation without its per-question items and per-layer drift (kept in its own eval file)."""
+    return {k: v for k, v in result.items() if k not in ("items", "drift")}
 
 
 def build_metrics(params: Params, project: Project, data_info: dict) -> dict:

@@ -19,7 +19,7 @@ def run(params: Params, project: Project) -> None:
     inputs = load_result(params, project)
     metrics = inputs["metrics"]
     figures = run_figures(inputs["run_name"], inputs["per_matrix"], inputs["search"], inputs["exclusive"],
-                          inputs["history"], inputs["frontier"])  # made once: logged to MLflow and inlined in the report
+                          inputs["history"], inputs["frontier"], inputs["drift"])  # made once: MLflow and the report
     tags = {"git_commit": git_commit(project), **lineage_hashes(project), **code_tags(project),
             "settings": params.prune.method_object.settings_label(params.prune)}  # how much and how, as the method says
     try:

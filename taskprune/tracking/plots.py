@@ -130,12 +130,30 @@ def frontier_figure(frontier: dict, title: str):
                    f"{title}: accuracy budget")
 
 
+def drift_figure(drift: dict[str, dict], title: str):
+    """Relative distance from the dense model's residual stream after each decoder layer: one colour per
+    compressed model (pruned, recovered), solid on task prompts, dashed on general text."""
+    fig, ax = _pyplot().subplots(figsize=(8, 3.8))
+    styles = {"task": "-", "general": "--"}
+    for (which, values), colour in zip(drift.items(), ("#d1495b", "#3b75af")):
+        layers = [row["layer"] for row in values["layers"]]
+        for kind, count in values["texts"].items():
+            ax.plot(layers, [row[kind] for row in values["layers"]], styles.get(kind, ":"), marker="o", ms=3,
+                    color=colour, label=f"{which}, {kind} text ({count} sequences)")
+    ax.set_ylim(bottom=0)
+    return _finish(fig, ax, "decoder layer (of the dense model)", "||h - h_dense|| / ||h_dense||",
+                   f"{title}: drift from dense after each layer")
+
+
 def run_figures(run_name: str, per_matrix: dict, search: dict | None = None,
                 exclusive: dict | None = None, history: list[dict] | None = None,
-                frontier: dict | None = None) -> dict:
+                frontier: dict | None = None, drift: dict | None = None) -> dict:
     """Artifact path -> figure, for every plot this run has. ``per_matrix``: what the method reports per
-    decoder matrix (``name``, ``title``, ``quantity``, ``values``; the pruned model's stage.json)."""
+    decoder matrix (``name``, ``title``, ``quantity``, ``values``; the pruned model's stage.json); ``drift``:
+    per compressed model, its distance from dense per layer (``taskprune.evaluation.drift``)."""
     figures = {"plots/frontier.png": frontier_figure(frontier, run_name)} if frontier else {}
+    if drift:
+        figures["plots/layer_drift.png"] = drift_figure(drift, run_name)
     if len(set(per_matrix["values"].values())) > 1:  # a uniform value would be one flat block: no figure
         figures[f"plots/{per_matrix['name']}.png"] = sparsity_figure(
             per_matrix["values"], f"{run_name}: {per_matrix['title']}", per_matrix["quantity"])
