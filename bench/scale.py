@@ -8,7 +8,7 @@ memory are measured. The model's own size in memory (fp32 parameters) is the yar
 the stage's own, without the process start and imports.
 
     .venv/bin/python bench/scale.py [--sizes 135M 360M 1.7B] [--samples 16] [--methods structured]
-        [--out bench/results/scale.md]
+        [--frontier-rounds 1 0] [--out bench/results/scale.md]
 
 Needs the dense model (its tokenizer): run `taskprune stage fetch_model` (or `taskprune run`) first.
 """
@@ -33,6 +33,7 @@ SHAPES = {  # SmolLM2 configs (HuggingFaceTB/SmolLM2-*): hidden, intermediate, l
     "1.7B": (2048, 8192, 24, 32, 32),
 }
 STAGES = ("prepare_data", "calibrate", "frontier", "score")
+ROUNDS_LABEL = "frontier, decode rounds {}"  # the frontier once per --frontier-rounds value
 
 
 def make_model(size: str, tokenizer_dir: Path, out: Path) -> int:
@@ -84,6 +85,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["structured"])
     parser.add_argument("--skip", nargs="*", default=[], metavar="SIZE:STAGE",
                         help="stages not run at a size, e.g. 1.7B:frontier (one that would not fit in memory here)")
+    parser.add_argument("--frontier-rounds", nargs="+", type=int, default=[1, 0],
+                        help="target.decode_rounds of each frontier run (0: no timing, dense not kept beside)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/scale.md"))
     args = parser.parse_args()
 
@@ -93,15 +96,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix=f"taskprune-scale-{size}-") as tmp:
             skipped = ",".join(item.split(":", 1)[1] for item in args.skip if item.startswith(f"{size}:")) or "-"
             done = subprocess.run([sys.executable, __file__, "--one", size, tmp, str(args.samples),
-                                   ",".join(args.methods), skipped], capture_output=True, text=True)
+                                   ",".join(args.methods), skipped, ",".join(map(str, args.frontier_rounds))],
+                                  capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(done.stderr[-3000:])
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
     lines = ["| model | parameters | fp32 size (GB) | stage | seconds | peak RSS (GB) | RSS x model size |",
              "|---|---|---|---|---|---|---|"]
+    names = ["calibrate", *(ROUNDS_LABEL.format(r) for r in args.frontier_rounds), "score"]
     for r in rows:
-        for name in STAGES[1:]:
+        for name in names:
             if name not in r:
                 lines.append(f"| SmolLM2-{r['size']} shape | {r['params'] / 1e6:.0f}M | {r['gb']:.2f} | {name} | "
                              "not run | - | - |")
@@ -111,13 +116,14 @@ def main() -> None:
                          f"{seconds:.0f} | {rss:.2f} | {rss / r['gb']:.2f} |")
     lines += ["", f"Random-initialised SmolLM2-shaped Llamas, CPU, {os.cpu_count()} cores; target mode with methods "
                   f"{args.methods}, calibration {args.samples} x 128 tokens per side, one level (0.1), no refinement, "
-                  f"validation accuracy on a tenth of capital (47 questions), decode timed in 1 round. Each stage in its own "
+                  f"validation accuracy on a tenth of capital (47 questions); the frontier run with each "
+                  f"`target.decode_rounds` of {args.frontier_rounds}. Each stage in its own "
                   f"process (`taskprune stage`); peak RSS is that process's maximum resident set. Whole benchmark: "
                   f"{time.perf_counter() - started:.0f} s."]
     write_report(args.out, lines)
 
 
-def one(size: str, tmp: str, samples: str, methods: str, skipped: str) -> None:
+def one(size: str, tmp: str, samples: str, methods: str, skipped: str, rounds: str) -> None:
     """One size in this (fresh) process: make the model, run the stages, print a dict literal of the results."""
     from taskprune import config
     from taskprune.paths import Project
@@ -129,17 +135,22 @@ def one(size: str, tmp: str, samples: str, methods: str, skipped: str) -> None:
     params_count = make_model(size, home.dense_model, root / "artifacts" / "model" / "dense")
     config.write_overrides(root / "params.yaml", [
         f"calibration.num_samples={samples}", f"target.methods=[{methods}]", f"prune.method={methods.split(',')[0]}", "target.levels=[0.1]", "target.refine=0",
-        "target.decode_rounds=1", "target.max_accuracy_drop=0.05", "task.validation_fraction=0.1",
-        "task.calib_fraction=0.3"])
+        "target.max_accuracy_drop=0.05", "task.validation_fraction=0.1", "task.calib_fraction=0.3"])
     result = {"size": size, "params": params_count, "gb": params_count * 4 / 1e9}
     for name in STAGES:
-        if name not in skipped.split(","):
+        if name in skipped.split(","):
+            continue
+        if name != "frontier":
             result[name] = run_stage(root, name)
+            continue
+        for count in rounds.split(","):
+            config.write_overrides(root / "params.yaml", [f"target.decode_rounds={count}"])
+            result[ROUNDS_LABEL.format(count)] = run_stage(root, name)
     print(json.dumps(result))
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        one(*sys.argv[2:7])
+        one(*sys.argv[2:8])
     else:
         main()

@@ -321,7 +321,8 @@ class TargetConfig(_Strict):
     refine: int = Field(2, ge=0, le=8, description="Bisection steps between the highest level within the budget and "
                                                    "the first outside above it")
     decode_rounds: int = Field(3, ge=0, le=50, description="Decode timing of each point next to dense, rounds "
-                                                           "interleaved (0: not timed)")
+                                                           "interleaved (0: not timed, and the frontier holds one "
+                                                           "model instead of two)")
 
     @property
     def enabled(self) -> bool:

@@ -42,9 +42,17 @@ class Frontier:
         dense = self.evaluate(self.dense)
         self.dense_accuracy, self.dense_items = dense["task_accuracy"], dense["items"]
         self.dense_size = size_metrics(self.dense, self.arch, project.dense_model)
+        if not self.needs_dense(params):  # memory: one model at a time (a point is made from a fresh copy)
+            self.dense = None
         self.scores: dict[str, object] = {}
         self.inputs = Artifacts(project)  # one for every point: what a method keeps across levels stays
         self.blocks = None
+
+    @staticmethod
+    def needs_dense(params: Params) -> bool:
+        """Whether the dense model stays in memory beside each point: for decode timed side by side, and as the
+        teacher of distillation. Without either (``target.decode_rounds: 0``), the frontier holds one model."""
+        return bool(params.target.decode_rounds) or (params.recover.enabled and params.recover.loss == "distill")
 
     def evaluate(self, model) -> dict:
         """Validation accuracy and per-item correctness (lm-eval)."""

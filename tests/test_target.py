@@ -189,3 +189,16 @@ def test_a_point_inside_only_by_the_luck_of_the_sample_does_not_pass():
     failed = judge(_point(0.1, 0.79, accuracy_bound=loose), params, 0.8)
     assert passed.within and not failed.within
     assert "at 95% confidence, < 0.760 allowed" in failed.reasons[0]
+
+
+def test_the_frontier_keeps_dense_beside_each_point_only_when_it_is_used():
+    from taskprune.frontier import Frontier
+
+    def needs(**settings):
+        return Frontier.needs_dense(config.Params.model_validate(
+            {"task": {"validation_fraction": 0.2},
+             "target": {"max_accuracy_drop": 0.05, "decode_rounds": settings.get("rounds", 3)},
+             "recover": {"enabled": settings.get("recover", False), "loss": settings.get("loss", "answer")}}))
+
+    assert needs() and needs(rounds=0, recover=True, loss="distill")  # timing next to it; the teacher
+    assert not needs(rounds=0) and not needs(rounds=0, recover=True)
