@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from taskprune.config import Params
 from taskprune.paths import Project, read_json
+from taskprune.target import resolved
 from taskprune.tracking.plots import run_name_of
 
 
@@ -12,6 +13,7 @@ def load_result(params: Params, project: Project) -> dict:
     """metrics.json, how the method describes its result (a line, a value per matrix), exclusive channels,
     the search's record, the recovery's loss history, target mode's frontier and the per-layer drift from dense
     of the pruned (and recovered) model, when the run has them."""
+    params = resolved(params, project)  # target mode: the point the stages ran at (its method and level)
     metrics = read_json(project.metrics)
     pruned = read_json(project.pruned_model / "stage.json")
     masks = read_json(project.mask_dir / "masks.json") if (project.mask_dir / "masks.json").is_file() else {}

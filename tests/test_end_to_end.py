@@ -78,7 +78,11 @@ def test_default_run_then_rerun_skips_everything(tmp_path):
     report = taskprune(project, "report")
     assert report.returncode == 0 and "logged to MLflow run" in report.stdout, report.stderr[-2000:]
     page = (project / "report.html").read_text()
-    # the frontier, the per-matrix picture of the structured model and its drift from dense layer by layer
-    assert page.count("data:image/png;base64,") == 3 and "Accuracy budget: every point tried" in page
+    # the frontier, the drift from dense layer by layer, and the per-matrix picture only where it varies by layer
+    per_layer = "Parameters removed per matrix" in page
+    assert page.count("data:image/png;base64,") == 2 + per_layer and "Accuracy budget: every point tried" in page
     assert "Drift from the dense model, layer by layer" in page
+    assert per_layer == bool(json.loads((project / "artifacts" / "model" / "pruned" / "stage.json").read_text())
+                             .get("removed_layers")), "a width cut alike in every layer draws no per-matrix map"
+    assert f"TaskPrune: {choice['method']}-{choice['level']:g}-capital" in page  # the point the stages ran at
     assert answer in page

@@ -128,7 +128,12 @@ def test_a_target_run_report_leads_with_the_answer_and_shows_the_frontier():
     assert {"Accuracy budget: validation accuracy per level tried", "Accuracy budget: every point tried"} <= set(
         page.headings)
     assert "no: validation accuracy 0.600 < 0.760 allowed" in page.cells and "n/a" in page.cells
-    assert len(decoded_sizes(page)) == 2
+    # one layer, so nothing varies between layers: the frontier only, no per-matrix map
+    assert len(decoded_sizes(page)) == 1 and "Parameters removed per matrix" not in page.headings
+    layered = {"0.mlp.down_proj": 0.1, "0.self_attn.o_proj": 0.0, "1.mlp.down_proj": 1.0, "1.self_attn.o_proj": 1.0}
+    removed_layer = parse(html_report(target_metrics(), {**per_matrix, "values": layered}, "structured-run",
+                                      frontier=FRONTIER))
+    assert "Parameters removed per matrix" in removed_layer.headings  # a removed layer differs from the others
 
 
 def test_the_report_renders_in_a_real_browser(tmp_path):

@@ -130,6 +130,10 @@ def test_a_target_run_builds_the_chosen_point(target_run):
     assert metrics["target"]["choice"] == choice and metrics["target"]["dense_validation_accuracy"] > 0
     points = json.loads((project.frontier / "points.json").read_text())  # dvc plots reads this
     assert len(points) == len(frontier["points"]) and {"level", "validation_accuracy"} <= set(points[0])
+    from taskprune.results import load_result  # what `taskprune report` and `show` name the run: the chosen point
+
+    named = load_result(config.load(project.params_file), project)["run_name"]
+    assert named == f"{choice['method']}-{choice['level']:g}-{metrics['task']}"
 
 
 @pytest.mark.slow

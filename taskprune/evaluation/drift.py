@@ -51,26 +51,28 @@ def kept_positions(dense_layers: int, removed: list[int]) -> list[int | None]:
 def layer_drift(model, model_layers, dense, dense_layers, sequences: dict[str, list[list[int]]], device: str,
                 removed: list[int] = ()) -> dict:
     """Relative distance ``||h_model - h_dense|| / ||h_dense||`` of the residual stream after each dense decoder
-    layer, summed over the tokens of each kind of text (``sequences``: token ids per kind, e.g. task prompts and
-    general text). ``model_layers``/``dense_layers``: the two models' decoder layers (hooks go on them)."""
+    layer, per token, averaged over the tokens of each kind of text (``sequences``: token ids per kind, e.g. task
+    prompts and general text; per token, so that the few tokens with huge activations, such as the first, do not
+    stand for all). ``model_layers``/``dense_layers``: the two models' decoder layers (hooks go on them)."""
     positions = kept_positions(len(dense_layers), list(removed))
     mine, theirs = _Capture(model_layers), _Capture(dense_layers)
     out: dict[str, list[float]] = {}
     try:
         for kind, rows in sequences.items():
-            diff = torch.zeros(len(dense_layers), dtype=torch.float64)
-            norm = torch.zeros(len(dense_layers), dtype=torch.float64)
+            total = torch.zeros(len(dense_layers), dtype=torch.float64)
+            tokens = 0
             for ids in rows:
                 batch = torch.tensor([ids], device=device)
                 mine.reset(), theirs.reset()
                 model(input_ids=batch, use_cache=False)
                 dense(input_ids=batch, use_cache=False)
                 for layer, position in enumerate(positions):
-                    reference = theirs.outputs[layer]
-                    state = mine.embedded if position is None else mine.outputs[position]
-                    diff[layer] += (state - reference).double().pow(2).sum().cpu()
-                    norm[layer] += reference.double().pow(2).sum().cpu()
-            out[kind] = [round(float(d), 4) for d in (diff / norm.clamp_min(1e-30)).sqrt()]
+                    reference = theirs.outputs[layer].double()
+                    state = (mine.embedded if position is None else mine.outputs[position]).double()
+                    distance = (state - reference).norm(dim=-1) / reference.norm(dim=-1).clamp_min(1e-30)
+                    total[layer] += distance.sum().cpu()
+                tokens += len(ids)
+            out[kind] = [round(float(d), 4) for d in total / max(tokens, 1)]
     finally:
         mine.close(), theirs.close()
     return {"texts": {kind: len(rows) for kind, rows in sequences.items()}, "max_tokens": MAX_TOKENS,

@@ -16,14 +16,15 @@ def _pyplot():
 
 
 def run_name_of(params: Params, task_label: str) -> str:
-    """The MLflow run's name, what differs between runs first and short enough for the runs list's column: task,
-    method and its level, e.g. ``capital-wanda-0.5``, ``capital-structured-0.025`` (in target mode the chosen point;
-    the budget is in the run's description and params); the rest of the settings are in tags."""
+    """The MLflow run's name, what differs most between runs first, method and its level, then the task, e.g.
+    ``structured-0.0125-capital``, ``wanda-0.5-capital`` (in target mode the chosen point; the budget is in the run's
+    description and params): the runs list's column shows about 21 characters, and the task is also in its
+    Datasets column. The rest of the settings are in tags."""
     prune = params.prune
     level = params
     for part in prune.method_object.level_key.split("."):
         level = getattr(level, part)
-    return f"{task_label}-{prune.label}-{level:g}"
+    return f"{prune.label}-{level:g}-{task_label}"
 
 
 def sparsity_figure(per_layer: dict[str, float], title: str, label: str = "sparsity (fraction of weights zeroed)"):
@@ -130,6 +131,15 @@ def frontier_figure(frontier: dict, title: str):
                    f"{title}: accuracy budget")
 
 
+def varies_by_layer(values: dict[str, float]) -> bool:
+    """Whether a per-matrix quantity differs between layers for some module (``"<layer>.<module>"`` keys): a uniform
+    allocation, or a width cut the same in every layer, would draw flat rows that carry nothing."""
+    by_module: dict[str, set] = {}
+    for key, value in values.items():
+        by_module.setdefault(key.split(".", 1)[-1], set()).add(value)
+    return any(len(seen) > 1 for seen in by_module.values())
+
+
 def drift_figure(drift: dict[str, dict], title: str):
     """Relative distance from the dense model's residual stream after each decoder layer: one colour per
     compressed model (pruned, recovered), solid on task prompts, dashed on general text."""
@@ -154,7 +164,7 @@ def run_figures(run_name: str, per_matrix: dict, search: dict | None = None,
     figures = {"plots/frontier.png": frontier_figure(frontier, run_name)} if frontier else {}
     if drift:
         figures["plots/layer_drift.png"] = drift_figure(drift, run_name)
-    if len(set(per_matrix["values"].values())) > 1:  # a uniform value would be one flat block: no figure
+    if varies_by_layer(per_matrix["values"]):  # one value per module in every layer: the notes say it, no figure
         figures[f"plots/{per_matrix['name']}.png"] = sparsity_figure(
             per_matrix["values"], f"{run_name}: {per_matrix['title']}", per_matrix["quantity"])
     if exclusive:
