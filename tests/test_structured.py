@@ -62,6 +62,14 @@ def test_surgery_gives_the_model_with_those_units_zeroed_and_that_layer_skipped(
     if getattr(model.config, "layer_types", None):
         assert config.layer_types == [model.config.layer_types[i] for i in keep.layers]
     assert smaller.get_output_embeddings().weight.data_ptr() == smaller.get_input_embeddings().weight.data_ptr()
+    # handing the model over (what the prune step does): the same smaller model, the original's sliced and
+    # removed tensors released as the surgery goes (about one model's memory instead of three)
+    handed = load_local(tmp_path / "model")[0]
+    used = arch.shrink(handed, keep, consume=True)
+    with torch.no_grad():
+        assert torch.equal(used(ids).logits, got)
+    assert all(arch.weight(module).numel() == 0 for module in arch.named_linears(handed).values())
+    assert not [name for name, t in [*used.named_parameters(), *used.named_buffers()] if t.is_meta]
 
 
 @pytest.mark.parametrize("arch_name", ["gpt2", "opt"])

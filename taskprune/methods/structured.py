@@ -131,7 +131,7 @@ class Structured(Method):
             per_matrix[key] = 1.0 if removed_layer else round(part, 6)
         if params.prune.structured.refit:
             self.refit(params.prune, model, arch, keep, units, inputs)
-        smaller = arch.shrink(model, keep)
+        smaller = arch.shrink(model, keep, consume=True)  # the dense copy is used up: one model in memory
         removed = self.removed_by_unit(units, counts)
         heads = counts["groups_kept"] * units.group_size
         described = {

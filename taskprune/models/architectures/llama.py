@@ -62,27 +62,49 @@ class LlamaArchitecture(Architecture):
         return torch.tensor([head * units.head_dim + d for head in heads for d in range(units.head_dim)])
 
     @torch.no_grad()
-    def shrink(self, model: nn.Module, keep: Keep) -> nn.Module:
+    def shrink(self, model: nn.Module, keep: Keep, consume: bool = False) -> nn.Module:
+        """The smaller model, built on the meta device and given the kept tensors (no random init, no second copy).
+        With ``consume`` the original model is used up: each of its tensors is released once sliced and the
+        unsliced ones move over as they are, so the surgery needs about one model's memory rather than three."""
         units = self.units(model.config)
         config = self.shrunk_config(model.config, keep)
         position = {old: new for new, old in enumerate(keep.layers)}
         pattern = re.compile(rf"{re.escape(self.layers_path)}\.(\d+)\.(.+)")
         state = {}
-        for key, tensor in model.state_dict().items():
+        for key, tensor in model.state_dict(keep_vars=True).items():
             match = pattern.fullmatch(key)
-            if match is None:
-                state[key] = tensor
+            old, name = (int(match[1]), match[2]) if match else (None, key)
+            if match and old not in position:
+                _release(tensor, consume)
                 continue
-            old, name = int(match[1]), match[2]
-            if old not in position:
-                continue
-            if name in _SLICES:
+            value = tensor.detach()
+            if match and name in _SLICES:
                 dim, unit = _SLICES[name]
                 index = self._rows(unit, units, keep.channels.get(old, list(range(units.intermediate))),
                                    keep.groups.get(old, list(range(units.kv_heads))))
-                tensor = tensor.index_select(dim, index)
-            state[f"{self.layers_path}.{position[old]}.{name}"] = tensor.clone()
-        smaller = type(model)(config).to(model.dtype)
-        smaller.load_state_dict(state, strict=True)
+                value = value.index_select(dim, index)
+                _release(tensor, consume)
+            elif not consume:
+                value = value.clone()
+            state[f"{self.layers_path}.{position[old]}.{name}" if match else key] = value
+        with torch.device("meta"):
+            smaller = type(model)(config)
+        smaller.load_state_dict(state, strict=True, assign=True)
+        for name, buffer in list(smaller.named_buffers()):  # non-persistent ones (rotary tables): the original's
+            if buffer.is_meta:
+                owner, _, attribute = name.rpartition(".")
+                match = pattern.fullmatch(name)
+                source = f"{self.layers_path}.{keep.layers[int(match[1])]}.{match[2]}" if match else name
+                smaller.get_submodule(owner).register_buffer(attribute, model.get_buffer(source).clone(),
+                                                             persistent=False)
         smaller.tie_weights()
+        left = [name for name, tensor in [*smaller.named_parameters(), *smaller.named_buffers()] if tensor.is_meta]
+        if left:
+            raise RuntimeError(f"structured surgery left tensors without values: {left[:5]}")
         return smaller.eval()
+
+
+def _release(tensor: torch.Tensor, consume: bool) -> None:
+    """Free an original tensor's memory (when the caller hands the model over to the surgery)."""
+    if consume:
+        tensor.data = torch.empty(0, dtype=tensor.dtype)
