@@ -3,7 +3,7 @@ frontier (the level search) at the SmolLM2 family's shapes (135M, 360M, 1.7B), r
 
 Each model is a random-initialised Llama of that family's config with SmolLM2's tokenizer, saved as the dense model
 of a scratch project; each stage then runs in its own process (``taskprune stage NAME``), so its peak RSS
-(``ru_maxrss`` of that child) is the stage's own. Accuracy of a random model means nothing here: only time and
+(``VmHWM`` of that child, since its exec) is the stage's own. Accuracy of a random model means nothing here: only time and
 memory are measured. The model's own size in memory (fp32 parameters) is the yardstick for RSS; seconds are
 the stage's own, without the process start and imports.
 
@@ -55,7 +55,7 @@ def make_model(size: str, tokenizer_dir: Path, out: Path) -> int:
 
 
 STAGE_CODE = """
-import resource, sys, time
+import sys, time
 from pathlib import Path
 from taskprune import config, env
 env.apply()
@@ -64,7 +64,10 @@ from taskprune.stages import run_stage
 project = Project(Path(sys.argv[1]))
 started = time.perf_counter()
 run_stage(sys.argv[2], config.load(project.params_file), project)
-print("MEASURED", time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM: the peak resident set of this process's own memory since exec (ru_maxrss would carry over the peak
+# of the process that started it, which made the model)
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print("MEASURED", time.perf_counter() - started, peak)
 """
 
 
@@ -118,7 +121,7 @@ def main() -> None:
                   f"{args.methods}, calibration {args.samples} x 128 tokens per side, one level (0.1), no refinement, "
                   f"validation accuracy on a tenth of capital (47 questions); the frontier run with each "
                   f"`target.decode_rounds` of {args.frontier_rounds}. Each stage in its own "
-                  f"process (`taskprune stage`); peak RSS is that process's maximum resident set. Whole benchmark: "
+                  f"process (`taskprune stage`); peak RSS is that process's VmHWM (its maximum resident set since exec). Whole benchmark: "
                   f"{time.perf_counter() - started:.0f} s."]
     write_report(args.out, lines)
 
