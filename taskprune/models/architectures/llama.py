@@ -64,29 +64,32 @@ class LlamaArchitecture(Architecture):
     @torch.no_grad()
     def shrink(self, model: nn.Module, keep: Keep, consume: bool = False) -> nn.Module:
         """The smaller model, built on the meta device and given the kept tensors (no random init, no second copy).
-        With ``consume`` the original model is used up: each of its tensors is released once sliced and the
-        unsliced ones move over as they are, so the surgery needs about one model's memory rather than three."""
+        With ``consume`` the original model is used up: each of its tensors is released as soon as its kept part is
+        copied, so the surgery needs about one model's memory rather than three (and nothing keeps the original's
+        storage, such as a memory mapping of its weights file, alive)."""
         units = self.units(model.config)
         config = self.shrunk_config(model.config, keep)
         position = {old: new for new, old in enumerate(keep.layers)}
         pattern = re.compile(rf"{re.escape(self.layers_path)}\.(\d+)\.(.+)")
-        state = {}
+        state, made = {}, {}  # made: id of an original tensor -> its new value (tied weights appear twice)
         for key, tensor in model.state_dict(keep_vars=True).items():
             match = pattern.fullmatch(key)
             old, name = (int(match[1]), match[2]) if match else (None, key)
             if match and old not in position:
                 _release(tensor, consume)
                 continue
-            value = tensor.detach()
-            if match and name in _SLICES:
-                dim, unit = _SLICES[name]
-                index = self._rows(unit, units, keep.channels.get(old, list(range(units.intermediate))),
-                                   keep.groups.get(old, list(range(units.kv_heads))))
-                value = value.index_select(dim, index)
+            if id(tensor) not in made:
+                value = tensor.detach()
+                if match and name in _SLICES:
+                    dim, unit = _SLICES[name]
+                    index = self._rows(unit, units, keep.channels.get(old, list(range(units.intermediate))),
+                                       keep.groups.get(old, list(range(units.kv_heads))))
+                    value = value.index_select(dim, index)
+                else:  # a copy of its own: the original's storage (often one mapping of the whole file) can go
+                    value = value.clone()
+                made[id(tensor)] = value
                 _release(tensor, consume)
-            elif not consume:
-                value = value.clone()
-            state[f"{self.layers_path}.{position[old]}.{name}" if match else key] = value
+            state[f"{self.layers_path}.{position[old]}.{name}" if match else key] = made[id(tensor)]
         with torch.device("meta"):
             smaller = type(model)(config)
         smaller.load_state_dict(state, strict=True, assign=True)
