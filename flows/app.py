@@ -171,10 +171,25 @@ def ui(
     except KeyboardInterrupt:
         pass
     finally:
+        _stop_groups(started, signal.SIGTERM)
+        deadline = time.monotonic() + 20
         for process in started:
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in started:
-            process.wait(timeout=30)
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:  # a server slow to shut down (a loaded machine): stop waiting for it
+                _stop_groups([process], signal.SIGKILL)
+                process.wait()
+
+
+def _stop_groups(processes, how) -> None:
+    """Send ``how`` to each process's group (started with its own session); one already gone is fine."""
+    import os
+
+    for process in processes:
+        try:
+            os.killpg(process.pid, how)
+        except ProcessLookupError:
+            pass
 
 
 def _training_view(server: str, experiment: str) -> str:
