@@ -157,6 +157,9 @@ def ui(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    # Ctrl-C stops them even when this process was started with SIGINT ignored (a background job of a script,
+    # some test runners' workers): Python leaves an inherited "ignore" in place
+    signal.signal(signal.SIGINT, stop)
     try:
         for name, url, health, command, extra in servers:
             print(f"starting the {name} UI ...", flush=True)

@@ -114,7 +114,9 @@ def test_ui_opens_mlflow_and_prefect_on_the_project_stores_and_stops_them(tmp_pa
     environment = {k: v for k, v in cli_env(project).items() if k != "PREFECT_API_URL"}  # the local-store case
     ui = subprocess.Popen([str(Path(sys.executable).with_name("taskprune")), "ui", "--mlflow-port", str(ports[0]),
                            "--prefect-port", str(ports[1])], cwd=project, env=environment,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          # as a background job of a script starts it: SIGINT ignored; Ctrl-C must still stop it
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         lines = []
         while not any("Ctrl-C stops them" in line for line in lines):

@@ -6,6 +6,7 @@ push/pull round trip; no credential in anything written. (Slow: about 3 minutes.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,10 @@ class Servers:
         self.infra.close()
 
 
+PREFECT_RETRIED = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| ERROR +\| prefect\.server\.services\.[\w.]+ - Error flushing \d+ "
+                             r"events \(\d+ to retry, 0 dropped\)\n(?:(?!\d\d:\d\d:\d\d\.\d+ \|).*\n)*", re.M)
+
+
 @pytest.fixture
 def servers(tmp_path):
     started = Servers(tmp_path)
@@ -90,7 +95,9 @@ def test_run_against_mlflow_server_and_s3_then_dvc_push_pull(servers, tmp_path, 
     (tmp_path / "run.log").write_text(out)
     assert done.returncode == 0, f"see {tmp_path / 'run.log'}"
     assert proxy.cuts == 1 and out.count("retrying: S3 request failed; next attempt in") == 1, out[-3000:]
-    assert "Traceback" not in out
+    # TaskPrune's own output has no traceback. Known noise left: Prefect's temporary server (SQLite) can log a
+    # "database is locked" traceback for an event flush it then retries (0 dropped) on a loaded machine
+    assert "Traceback" not in PREFECT_RETRIED.sub("", out), f"see {tmp_path / 'run.log'}"
     metrics = json.loads((project / "metrics.json").read_text())
     assert metrics["dense"]["test_examples"] == 42  # 60 rows from S3, 30 % calibration
     registered = json.loads((project / "artifacts" / "register.json").read_text())
