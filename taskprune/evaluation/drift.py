@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from taskprune.calibration.walk import hidden_of
+
 TEXTS = 8          # sequences per kind of text
 MAX_TOKENS = 128   # tokens per sequence
 
@@ -26,7 +28,7 @@ class _Capture:
         self.outputs.append((output[0] if isinstance(output, tuple) else output).detach().float())
 
     def _input(self, module, args, kwargs):
-        self.embedded = (args[0] if args else kwargs["hidden_states"]).detach().float()
+        self.embedded = hidden_of(args, kwargs).detach().float()
 
     def reset(self) -> None:
         self.outputs, self.embedded = [], None
