@@ -1,5 +1,6 @@
-"""Target mode on SmolLM2: per task, method and accuracy budget, the smallest model within the budget (chosen on
-the validation split, reported on the test split), in one run.
+"""Target mode on the project's model (SmolLM2 by default; set ``model.name`` in its params.yaml for another): per
+task, method and accuracy budget, the smallest model within the budget (chosen on the validation split, reported on
+the test split), in one run.
 
 For each task (built-in names, or ``file:PATH`` for a task given only as a JSONL file), in a scratch project that
 links the dense model: the real prepare_data and calibrate stages with target mode on, then the frontier's points
@@ -151,10 +152,10 @@ def main() -> None:
             for row in rows:
                 if row["task"] == name and row.get("model") in speeds:
                     row["speedup"] = speeds[row["model"]] / speeds["dense"]
-            report(args, rows, notes, started)
+            report(args, rows, notes, started, config.load(home.params_file).model.name)
 
 
-def report(args, rows: list[dict], notes: list[str], started: float) -> None:
+def report(args, rows: list[dict], notes: list[str], started: float, model: str) -> None:
     lines = ["| task | method | budget | level chosen (validation) | validation acc (dense) | decoder-linear params "
              "removed | bytes x dense | decode x dense | test acc [95 % CI] | dense test acc | test drop | within on "
              "test | search time x one forward pass |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -183,7 +184,7 @@ def report(args, rows: list[dict], notes: list[str], started: float) -> None:
     p = config.Params()
     lines += ["", f"- validation-chosen point within the budget on the test split: {within} of {cells} cells "
                   "that found a point", *[f"- {n}" for n in notes], "",
-              f"SmolLM2-135M-Instruct, CPU, {os.cpu_count()} cores. Validation split {args.validation:g} "
+              f"{model}, CPU, {os.cpu_count()} cores. Validation split {args.validation:g} "
               f"of each task; levels {args.levels}, walk stopped after {args.patience} outside in a row, {args.refine} "
               f"bisection steps; recovery in the loop: "
               f"{'yes' if args.recover else 'no'}. Search time: the frontier's points of one method for all budgets "
