@@ -87,11 +87,16 @@ def main() -> None:
     parser.add_argument("--recover", action="store_true", help="recovery in the loop (recover.* of params.yaml)")
     parser.add_argument("--decode-rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("bench/results/target.md"))
+    parser.add_argument("--compare-search", type=int, default=0, metavar="STEPS",
+                        help="sieve's genetic search (prune.allocation: search) against its uniform ranks: per budget, "
+                             "the GA at the level uniform chose, then up the grid while it stays within (at most "
+                             "STEPS levels); table in --search-out")
+    parser.add_argument("--search-out", type=Path, default=Path("bench/results/target_search.md"))
     args = parser.parse_args()
 
     home = Project.find()
     started = time.perf_counter()
-    rows, notes = [], []
+    rows, notes, compared = [], [], []
     with tempfile.TemporaryDirectory(prefix="taskprune-target-") as tmp:
         for task in args.tasks:
             name = Path(task[5:]).stem if task.startswith("file:") else task
@@ -145,6 +150,10 @@ def main() -> None:
                     if row["task"] == name and row["method"] == method:
                         row["search_seconds"], row["forward_seconds"] = search_seconds, forward
                         row["calibrate_seconds"] = calibrate
+            if args.compare_search:
+                compared += compare_search(config.load(project.params_file, base + ["prune.allocation=search"]),
+                                           project, name, made, frontier, args, rows)
+                report_search(args, compared)
             # decode of every chosen model next to dense, in one process
             kept = {k: v for k, v in chosen_models.items() if (v / "config.json").is_file()}
             speeds = decode_speeds({"dense": home.dense_model, **kept}, {}, config.Params().evaluate.decode_tokens,
@@ -153,6 +162,58 @@ def main() -> None:
                 if row["task"] == name and row.get("model") in speeds:
                     row["speedup"] = speeds[row["model"]] / speeds["dense"]
             report(args, rows, notes, started, config.load(home.params_file).model.name)
+
+
+def compare_search(params, project, name: str, made: dict, frontier, args, rows: list[dict]) -> list[dict]:
+    """Per budget: sieve with the genetic search's ranks at the level its uniform ranks reached (or the closest
+    level tried when none was within), then at the next grid levels while the searched point stays within (at
+    most ``args.compare_search`` of them); uniform is measured at the same levels. Both judged on the validation
+    split by the same paired bound, so "within" means the same for both."""
+    from taskprune.frontier import Frontier
+    from taskprune.target import judge
+
+    searched, ga = Frontier(params, project), {}
+    out = []
+    for row in rows:
+        if row["task"] != name or row["method"] != "sieve":
+            continue
+        budgeted = params.model_copy(update={"target": params.target.model_copy(
+            update={"max_accuracy_drop": row["budget"]})})
+        level = row["point"]["level"]
+        above = [v for v in sorted(args.levels) if v > level][:args.compare_search]
+        for at in [level, *above]:
+            if at not in ga:
+                ga[at] = searched.make("sieve", at)
+            if ("sieve", at) not in made:
+                made[("sieve", at)] = frontier.make("sieve", at)
+            pair = {kind: judge(type(p)(**p.as_dict()), budgeted, frontier.dense_accuracy)
+                    for kind, p in (("uniform", made[("sieve", at)]), ("search", ga[at]))}
+            out.append(dict(task=name, budget=row["budget"], level=at, dense=frontier.dense_accuracy,
+                            search_settings=params.search.model_dump(),
+                            **{kind: p.as_dict() for kind, p in pair.items()}))
+            print(json.dumps({"task": name, "budget": row["budget"], "level": at,
+                              **{k: [p.validation_accuracy, p.within] for k, p in pair.items()}}), flush=True)
+            if not pair["search"].within:
+                break
+    return out
+
+
+def report_search(args, compared: list[dict]) -> None:
+    lines = ["| task | budget | level | uniform: validation acc (bound) | uniform within | search: validation acc "
+             "(bound) | search within | search time | dense validation acc |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in compared:
+        u, g = c["uniform"], c["search"]
+        lines.append(f"| {c['task']} | {c['budget']:.0%} | {c['level']:g} | {u['validation_accuracy']:.3f} "
+                     f"({u['accuracy_bound']:.3f}) | {'yes' if u['within'] else 'no'} | {g['validation_accuracy']:.3f} "
+                     f"({g['accuracy_bound']:.3f}) | {'yes' if g['within'] else 'no'} | {g['seconds']:.0f} s vs "
+                     f"{u['seconds']:.0f} s | {c['dense']:.3f} |")
+    cfg = compared[0]["search_settings"] if compared else config.Params().search.model_dump()
+    lines += ["", f"Genetic search: population {cfg['population']}, {cfg['generations']} generations, fitness "
+                  f"{cfg['fitness']} on {cfg['examples']} calibration rows, in the frontier's process. Bound: the "
+                  f"paired one-sided lower confidence bound target mode judges by (confidence "
+                  f"{config.Params().target.confidence:g}). Search time: the point's whole making (search, prune, "
+                  f"validation), searched vs uniform."]
+    write_report(args.search_out, lines)
 
 
 def report(args, rows: list[dict], notes: list[str], started: float, model: str) -> None:

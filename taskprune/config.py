@@ -199,6 +199,21 @@ def _method(name: str):
     return get_method(name)
 
 
+def searchable(prune: PruneConfig, method: str) -> bool:
+    """Whether ``method`` has per-matrix levels for ``prune.allocation: search`` (sieve's ranks, the masking
+    methods' sparsities)."""
+    return _method(method).plan(prune.model_copy(update={"method": method})).levels is not None
+
+
+def prune_for(prune: PruneConfig, method: str) -> PruneConfig:
+    """Target mode's prune section for one of its methods: ``method``, and the uniform allocation when
+    ``prune.allocation: search`` has nothing per matrix to search in it (structured)."""
+    update = {"method": method}
+    if prune.allocation == "search" and not searchable(prune, method):
+        update["allocation"] = "uniform"
+    return prune.model_copy(update=update)
+
+
 def _method_names() -> list[str]:
     from taskprune.methods.registry import method_names
 
@@ -364,11 +379,17 @@ class Params(_Strict):
                 raise ValueError("target.max_accuracy_drop chooses the level on a validation split: set "
                                  "task.validation_fraction (for example 0.2)")
             if self.prune.allocation == "search":
-                raise ValueError("target mode searches the compression level with a uniform allocation: set "
-                                 "prune.allocation to uniform (a per-matrix search at every level is not supported)")
+                if not any(searchable(self.prune, m) for m in self.target.methods):
+                    raise ValueError("prune.allocation 'search' in target mode runs the genetic search at every level "
+                                     "of a method with per-matrix levels (sieve, the masking methods); none is in "
+                                     f"target.methods {self.target.methods}: add one or set prune.allocation to "
+                                     "uniform")
+                if self.search.max_accuracy_drop is not None:
+                    raise ValueError("target mode judges accuracy on the validation split: leave "
+                                     "search.max_accuracy_drop empty (it picks a Pareto point by calibration accuracy)")
             for name in self.target.methods:
                 try:
-                    _method(name).check(self.prune.model_copy(update={"method": name}))
+                    _method(name).check(prune_for(self.prune, name))
                 except ValueError as exc:
                     raise ValueError(f"target mode tries method {name!r} (target.methods): {exc}; or leave "
                                      "target.max_accuracy_drop empty for fixed-level mode") from None

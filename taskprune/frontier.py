@@ -2,7 +2,8 @@
 and measured against the dense model (the frontier stage and bench/target.py use it).
 
 A point: the method's score at that level (a score that does not depend on the level, such as LLM-Sieve's
-factors, is computed once), its uniform allocation, the prune step and, with ``recover.enabled``, recovery (so a
+factors, is computed once), its uniform allocation (with ``prune.allocation: search``, the genetic search's at that
+level, fitness in this process), the prune step and, with ``recover.enabled``, recovery (so a
 point that meets the budget only after recovery counts); then its validation accuracy (lm-eval on
 ``task_validation.jsonl``), parameters, bytes on disk (the model saved in its export format) and decode speed next
 to dense (rounds interleaved).
@@ -10,8 +11,10 @@ to dense (rounds interleaved).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,10 +28,22 @@ from taskprune.evaluation.accuracy import run_lm_eval
 from taskprune.evaluation.size import paired_decode
 from taskprune.models.formats import FORMATS
 from taskprune.models.loading import load_local, pick_device
-from taskprune.paths import Project
+from taskprune.paths import Project, fingerprint, write_json
 from taskprune.recovery import make_trainable, merge_keeping_masks, train_recovery
-from taskprune.search.choice import uniform_allocation
+from taskprune.search.choice import allocation_summary, level_space_of, search_genome, uniform_allocation
+from taskprune.search.fitness import SerialEvaluator, worker_spec
 from taskprune.target import Point, accuracy_bound, at_level, judge
+
+
+def kept_for(project: Project, params: Params, what: str) -> Path:
+    """Where the frontier keeps what it made for a point that a later stage would make again when that point is
+    chosen (``what``: ``search``, the genetic search's allocation; ``recover``, the LoRA recovery's last
+    checkpoint); named after everything that makes the point, so a stage finds it only for the same pruned
+    model, settings and calibration rows."""
+    return project.state / "checkpoints" / "frontier-{}-{}".format(what, fingerprint(
+        params.prune.model_dump_json().encode(), params.search.model_dump_json(exclude={"workers", "ray_address"})
+        .encode(), params.recover.model_dump_json().encode(), params.calibration.model_dump_json().encode(),
+        (project.data / "task_calib.jsonl").read_bytes(), (project.stats / "stage.json").read_bytes()))
 
 
 class Frontier:
@@ -47,6 +62,7 @@ class Frontier:
         self.scores: dict[str, object] = {}
         self.inputs = Artifacts(project)  # one for every point: what a method keeps across levels stays
         self.blocks = None
+        self.kept: list[Path] = []  # what later stages may reuse (kept_for)
 
     @staticmethod
     def needs_dense(params: Params) -> bool:
@@ -87,10 +103,41 @@ class Frontier:
             teacher, blocks = self.dense, self.blocks
         made = make_trainable(model, self.arch, cfg, teacher, blocks)
         train = read_jsonl(self.project.data / "task_calib.jsonl")
-        with tempfile.TemporaryDirectory(prefix=f"taskprune-frontier-{label}-") as checkpoints:
-            train_recovery(made.model, self.tokenizer, train, cfg, Path(checkpoints), self.device,
-                           distill=made.distill)
+        if cfg.train == "lora":  # an adapter is small: kept, so the recover stage need not train the chosen again
+            kept = kept_for(self.project, params, "recover")
+            shutil.rmtree(kept, ignore_errors=True)  # a point is trained from its start, never resumed here
+            self.kept.append(kept)
+            train_recovery(made.model, self.tokenizer, train, cfg, kept, self.device, distill=made.distill)
+        else:
+            with tempfile.TemporaryDirectory(prefix=f"taskprune-frontier-{label}-") as checkpoints:
+                train_recovery(made.model, self.tokenizer, train, cfg, Path(checkpoints), self.device,
+                               distill=made.distill)
         return merge_keeping_masks(made.model, self.arch, masks)
+
+    def keep_only(self, chosen: Params) -> None:
+        """Remove what was kept for every point but ``chosen`` (the parameters of the point chosen)."""
+        keep = {kept_for(self.project, chosen, what) for what in ("search", "recover")}
+        for path in self.kept:
+            if path not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def searched(self, method, params: Params, model, score) -> tuple[dict, object]:
+        """``prune.allocation: search`` at this level: the genetic search's per-matrix levels (allocation.json's
+        record) within the level's budget, fitness computed in this process on the held score; and the score
+        with the masks that allocation makes (the masking methods), as the search stage does."""
+        cfg = params.search
+        shapes, space, values = level_space_of(method, params, model, self.arch)
+        held = HeldArtifacts(self.project, params.prune, score)
+        result, genome, choice = search_genome(space, SerialEvaluator(worker_spec(params, self.project, values), held),
+                                               cfg)
+        summary = allocation_summary(space, genome, values, shapes, method.plan(params.prune).levels, "search", cfg,
+                                     choice, result)
+        kept = kept_for(self.project, params, "search")
+        kept.mkdir(parents=True, exist_ok=True)
+        write_json(kept / "allocation.json", summary)  # the search stage's record, for it to reuse
+        self.kept.append(kept)
+        made = method.allocate(params, model, self.arch, held, summary["values"])
+        return summary, (replace(score, masks=made.masks) if made.masks is not None else score)
 
     def make(self, method_name: str, level: float) -> Point:
         """Point (``method_name``, ``level``) made and measured; not yet judged against a budget."""
@@ -98,9 +145,13 @@ class Frontier:
         params = at_level(self.params, method_name, level)
         method = params.prune.method_object
         plan = method.plan(params.prune)
+        score = self.score(params)  # before the point's copy: a score that walks a model loads its own
         model = self.fresh()
-        allocation = uniform_allocation(method, params, model, self.arch) if plan.always_allocates else None
-        score = self.score(params)
+        allocation = None
+        if params.prune.allocation == "search":
+            allocation, score = self.searched(method, params, model, score)
+        elif plan.always_allocates:
+            allocation = uniform_allocation(method, params, model, self.arch)
         result = method.prune(params, model, self.arch, HeldArtifacts(self.project, params.prune, score, allocation))
         with tempfile.TemporaryDirectory(prefix="taskprune-frontier-") as tmp:
             FORMATS[plan.export].save(result.model, self.tokenizer, Path(tmp))
@@ -117,7 +168,8 @@ class Frontier:
                       reduction=round(1 - size["decoder_linear_nonzero"] / dense["decoder_linear_nonzero"], 6),
                       bytes_on_disk=size["bytes_on_disk"],
                       bytes_fraction=round(size["bytes_on_disk"] / dense["bytes_on_disk"], 6),
-                      speedup=self.speedup(model), recovered=params.recover.enabled)
+                      speedup=self.speedup(model), recovered=params.recover.enabled,
+                      allocation=params.prune.allocation)
         point.seconds = round(time.perf_counter() - started, 2)
         return point
 
@@ -125,7 +177,8 @@ class Frontier:
         """Point made, judged against the budget of ``params`` (default: this run's) and printed."""
         point = judge(self.make(method_name, level), params or self.params, self.dense_accuracy)
         speed = f", decode {point.speedup:.2f}x" if point.speedup is not None else ""
-        print(f"frontier: {method_name} at {level:g}: validation accuracy {point.validation_accuracy:.3f} "
+        searched = " (searched allocation)" if point.allocation == "search" else ""
+        print(f"frontier: {method_name} at {level:g}{searched}: validation accuracy {point.validation_accuracy:.3f} "
               f"(dense {self.dense_accuracy:.3f}), {point.reduction:.1%} fewer decoder-linear parameters, "
               f"{point.bytes_fraction:.2f}x bytes{speed}: "
               + ("within the budget" if point.within else "outside: " + "; ".join(point.reasons)), flush=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from taskprune.config import Params, set_dotted, validate
+from taskprune.config import Params, prune_for, set_dotted, validate
 from taskprune.paths import Project, read_json
 
 
@@ -32,6 +32,7 @@ class Point:
     within: bool = False          # inside every limit of the budget
     reasons: list[str] = field(default_factory=list)   # the limits it breaks, in words
     recovered: bool = False       # measured after recovery
+    allocation: str = "uniform"   # uniform | search (the genetic search's per-matrix levels at this level)
     seconds: float = 0.0
     accuracy_bound: float | None = None   # one-sided lower confidence bound of the validation accuracy
 
@@ -58,7 +59,7 @@ def statistics_needed(params: Params) -> tuple[str, ...]:
 
     needed: dict[str, None] = {}
     for name in run_methods(params):
-        needed.update(dict.fromkeys(get_method(name).plan(params.prune.model_copy(update={"method": name})).statistics))
+        needed.update(dict.fromkeys(get_method(name).plan(prune_for(params.prune, name)).statistics))
     return tuple(needed)
 
 
@@ -68,6 +69,7 @@ def at_level(params: Params, method: str, level: float) -> Params:
 
     raw = params.model_dump(mode="json")
     set_dotted(raw, ["prune", "method"], method)
+    set_dotted(raw, ["prune", "allocation"], prune_for(params.prune, method).allocation)
     set_dotted(raw, get_method(method).level_key.split("."), round(float(level), 6))
     return validate(raw, f"target: method {method} at level {level:g}")
 

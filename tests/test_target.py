@@ -37,9 +37,17 @@ def test_the_validation_split_is_disjoint_and_leaves_the_old_split_alone_when_of
 def test_target_settings_are_checked():
     with pytest.raises(TaskPruneError, match="task.validation_fraction"):
         config.validate({"target": {"max_accuracy_drop": 0.05}}, "params.yaml")
-    with pytest.raises(TaskPruneError, match="prune.allocation to uniform"):
+    with pytest.raises(TaskPruneError, match="none is in target.methods"):
+        config.validate({"target": {"max_accuracy_drop": 0.05, "methods": ["structured"]},
+                         "task": {"validation_fraction": 0.2}, "prune": {"allocation": "search"}}, "params.yaml")
+    with pytest.raises(TaskPruneError, match="leave search.max_accuracy_drop empty"):
         config.validate({"target": {"max_accuracy_drop": 0.05}, "task": {"validation_fraction": 0.2},
-                         "prune": {"allocation": "search", "method": "sieve"}}, "params.yaml")
+                         "prune": {"allocation": "search"},
+                         "search": {"objective": "pareto", "max_accuracy_drop": 0.1}}, "params.yaml")
+    searched = config.validate({"target": {"max_accuracy_drop": 0.05}, "task": {"validation_fraction": 0.2},
+                                "prune": {"allocation": "search"}}, "params.yaml")
+    assert at_level(searched, "sieve", 0.3).prune.allocation == "search"  # the genetic search at every level
+    assert at_level(searched, "structured", 0.3).prune.allocation == "uniform"  # nothing per matrix to search
     with pytest.raises(TaskPruneError, match=r"target.methods: .*unknown method"):
         config.validate({"target": {"methods": ["nope"]}}, "params.yaml")
     with pytest.raises(TaskPruneError, match="less than 10 %"):
@@ -93,8 +101,9 @@ def test_the_choice_follows_the_objective_and_says_when_nothing_fits():
 
 @pytest.fixture(scope="module")
 def target_run(tiny_llama_dir, tmp_path_factory):
-    """The stages in pipeline order on a tiny Llama in target mode: structured and sieve, two grid levels and
-    one bisection step, recovery in the loop; a generous budget so some point fits."""
+    """The stages in pipeline order on a tiny Llama in target mode: structured and sieve (its ranks by the genetic
+    search at every level), two grid levels and one bisection step, recovery in the loop; a generous budget so
+    some point fits."""
     sys.path.insert(0, str(Path(__file__).parent))
     import behaviour
     from taskprune.paths import Project
@@ -105,6 +114,7 @@ def target_run(tiny_llama_dir, tmp_path_factory):
     settings = {"task.validation_fraction": 0.25, "target.max_accuracy_drop": 0.5, "target.levels": [0.2, 0.6],
                 "target.refine": 1, "target.decode_rounds": 1, "recover.enabled": True, "recover.steps": 2,
                 "recover.batch_size": 4, "recover.train": "full", "prune.structured.refit": False,
+                "prune.allocation": "search", "search.population": 4, "search.generations": 2, "search.examples": 8,
                 "tracking.uri": f"sqlite:///{tmp / 'mlflow.db'}"}
     behaviour.run_config(tmp, "run", settings, tiny_llama_dir, task, write_general_text(tmp / "general.txt"))
     return Project(tmp / "run")
@@ -116,6 +126,7 @@ def test_a_target_run_builds_the_chosen_point(target_run):
     frontier = json.loads((project.frontier / "frontier.json").read_text())
     methods = {p["method"] for p in frontier["points"]}
     assert methods == {"structured", "sieve"} and all(p["recovered"] for p in frontier["points"])
+    assert {p["method"]: p["allocation"] for p in frontier["points"]} == {"structured": "uniform", "sieve": "search"}
     choice = frontier["choice"]
     inside = [p for p in frontier["points"] if p["within"]]
     assert choice["within_budget"] == bool(inside)
@@ -134,6 +145,57 @@ def test_a_target_run_builds_the_chosen_point(target_run):
 
     named = load_result(config.load(project.params_file), project)["run_name"]
     assert named == f"{choice['method']}-{choice['level']:g}-{metrics['task']}"
+
+
+@pytest.mark.slow
+def test_a_searched_point_is_the_model_the_stages_build_at_its_level(target_run, tmp_path):
+    """The frontier's genetic search (in memory, on the held factors) and the search stage's (its workers read the
+    factors from disk) choose the same ranks at one level, within that level's budget."""
+    import shutil
+
+    from taskprune.frontier import Frontier
+    from taskprune.paths import Project
+    from taskprune.stages import run_stage
+
+    project = Project(shutil.copytree(target_run.root, tmp_path / "copy", symlinks=True))
+    params = config.load(project.params_file)
+    point = Frontier(params.model_copy(update={"recover": params.recover.model_copy(update={"enabled": False})}),
+                     project).make("sieve", 0.3)
+    assert point.allocation == "search" and point.reduction >= 0.3 - 0.01
+    run = at_level(params, "sieve", 0.3)
+    run.target.max_accuracy_drop = None  # the fixed-level stages at that point
+    for name in ("score", "search", "prune"):
+        run_stage(name, run, project)
+    allocation = json.loads((project.search / "allocation.json").read_text())
+    assert allocation["allocation_rule"] == "search" and "history" in allocation
+    assert allocation["reduction"] == pytest.approx(point.reduction, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_the_chosen_points_search_and_recovery_are_not_run_again(target_run, tmp_path, capsys):
+    """The frontier keeps the genetic search's allocation and the LoRA adapter of each point; the search and
+    recover stages of the chosen point reuse them instead of running them again, and nothing is left behind."""
+    import shutil
+
+    from taskprune.paths import Project
+    from taskprune.pipeline import WORK
+    from taskprune.stages import run_stage
+
+    project = Project(shutil.copytree(target_run.root, tmp_path / "copy", symlinks=True))
+    config.write_overrides(project.params_file, ["target.methods=[sieve]", "target.levels=[0.2, 0.3]",
+                                                 "target.refine=0", "target.decode_rounds=0", "recover.train=lora"])
+    for name in WORK[WORK.index("frontier"):WORK.index("recover") + 1]:
+        run_stage(name, config.load(project.params_file), project)
+    out = capsys.readouterr().out
+    assert "search: the frontier searched this point with these settings; its allocation is reused" in out
+    assert "recover: the frontier trained this point's adapter with these settings; reusing it" in out
+    assert "LoRA recovery" not in out.split("recover: the frontier trained")[1]  # no training after the reuse
+    choice = json.loads((project.frontier / "frontier.json").read_text())["choice"]
+    allocation = json.loads((project.search / "allocation.json").read_text())
+    assert allocation["reduction"] == pytest.approx(choice["reduction"], abs=1e-6) and "history" in allocation
+    recovered = json.loads((project.recovered_model / "stage.json").read_text())
+    assert recovered["resumed_from"] == recovered["steps"] == 2
+    assert not list((project.state / "checkpoints").glob("frontier-*"))  # the other point's were removed
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from taskprune.search.ga import LevelSpace, SearchResult
+from taskprune.search.ga import LevelSpace, SearchResult, run_search
 
 
 def pick_point(result: SearchResult, space: LevelSpace, cfg, evaluator) -> tuple[np.ndarray, dict]:
@@ -25,6 +25,18 @@ def pick_point(result: SearchResult, space: LevelSpace, cfg, evaluator) -> tuple
     return point["genome"], {"rule": f"smallest front point with calibration accuracy >= dense - "
                                      f"{cfg.max_accuracy_drop}", "dense_calibration_accuracy": dense,
                              "met": bool(ok)}
+
+
+def search_genome(space: LevelSpace, evaluator, cfg, checkpoint_dir=None) -> tuple[SearchResult, np.ndarray, dict]:
+    """The genetic search over ``space`` (``cfg``: the search settings) and its operating point; closes the
+    evaluator. Returns (the search's result, the chosen genome, facts about the choice)."""
+    try:
+        result = run_search(space, evaluator, objective=cfg.objective, population=cfg.population,
+                            generations=cfg.generations, seed=cfg.seed, checkpoint_dir=checkpoint_dir)
+        genome, choice = pick_point(result, space, cfg, evaluator)
+    finally:
+        evaluator.close()
+    return result, genome, choice
 
 
 def allocation_summary(space: LevelSpace, genome, values: dict, shapes: dict, kind: str, allocation_rule: str,

@@ -49,7 +49,9 @@ def worker_spec(params, project, values: dict) -> WorkerSpec:
 
 
 class FitnessWorker:
-    def __init__(self, spec: WorkerSpec):
+    def __init__(self, spec: WorkerSpec, inputs=None):
+        """``inputs``: the method's inputs when they are held in memory (target mode's frontier); by default
+        they are read from the project at ``spec.project_root``."""
         from taskprune.artifacts import Artifacts
         from taskprune.config import PruneConfig
         from taskprune.methods import get_method
@@ -68,7 +70,7 @@ class FitnessWorker:
         self.current: list[int | None] = [-1] * len(self.keys)  # -1: not set yet
         cfg = PruneConfig.model_validate(spec.prune)
         self.levels = get_method(cfg.method).level_setter(model, arch, self.keys, cfg,
-                                                          Artifacts(Project(Path(spec.project_root))))
+                                                          inputs or Artifacts(Project(Path(spec.project_root))))
         self.batches = self._batches(self.examples)
         self.dense_logprobs = self._answer_logprobs() if spec.fitness == "kl" else None
 
@@ -153,8 +155,8 @@ class Evaluator:
 
 
 class SerialEvaluator(Evaluator):
-    def __init__(self, spec: WorkerSpec):
-        self.worker = FitnessWorker(spec)
+    def __init__(self, spec: WorkerSpec, inputs=None):
+        self.worker = FitnessWorker(spec, inputs)
 
     def _map(self, method: str, genomes, progress=None) -> list[float]:
         out = []

@@ -11,7 +11,7 @@ from taskprune.data.schema import read_jsonl
 from taskprune.frontier import Frontier
 from taskprune.methods import get_method
 from taskprune.paths import Project, StageTimer, atomic_dir, stage_off, write_json
-from taskprune.target import choose, search_levels
+from taskprune.target import at_level, choose, search_levels
 
 
 def run(params: Params, project: Project) -> None:
@@ -33,6 +33,7 @@ def run(params: Params, project: Project) -> None:
         points += search_levels(lambda level, name=name: frontier.measure(name, level), cfg.levels, cfg.refine,
                                 cfg.patience)
     chosen, inside = choose(points, cfg.objective)
+    frontier.keep_only(at_level(params, chosen.method, chosen.level))
     best = {"method": chosen.method, "level": chosen.level, "within_budget": inside,
             "level_key": get_method(chosen.method).level_key, "validation_accuracy": chosen.validation_accuracy,
             "accuracy_bound": chosen.accuracy_bound, "reduction": chosen.reduction,

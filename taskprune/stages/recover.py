@@ -23,7 +23,8 @@ from taskprune.models.loading import load_local, pick_device
 from taskprune.paths import LORA_DIR, Project, StageTimer, atomic_dir, fingerprint, stage_off, write_json
 from taskprune.pruning import apply_masks
 from taskprune.calibration.blocks import calibration_blocks
-from taskprune.recovery import check_disjoint, make_trainable, merge_keeping_masks, train_recovery
+from taskprune.frontier import kept_for
+from taskprune.recovery import CHECKPOINT, check_disjoint, make_trainable, merge_keeping_masks, train_recovery
 
 
 def run(params: Params, project: Project) -> None:
@@ -42,6 +43,10 @@ def run(params: Params, project: Project) -> None:
     checkpoints = project.state / "checkpoints" / "recover-{}".format(fingerprint(
         cfg.model_dump_json().encode(), (project.data / "task_calib.jsonl").read_bytes(),
         *(path.read_bytes() for path in structure)))
+    trained_before = kept_for(project, params, "recover") if params.target.enabled else None
+    if trained_before is not None and not checkpoints.exists() and (trained_before / CHECKPOINT).is_file():
+        shutil.copytree(trained_before, checkpoints)  # the frontier trained this point: its adapter, not again
+        print("recover: the frontier trained this point's adapter with these settings; reusing it")
     model, tokenizer, arch = load_local(project.pruned_model, device)
     config = model.config.to_dict()
     teacher = blocks = None
@@ -74,5 +79,7 @@ def run(params: Params, project: Project) -> None:
             "sparsity": round(sum(achieved.values()) / len(achieved), 6),
             "train_ids": train_ids})
     shutil.rmtree(checkpoints, ignore_errors=True)
+    if trained_before is not None:
+        shutil.rmtree(trained_before, ignore_errors=True)
     timer.done(steps=cfg.steps, merge=cfg.merge, resumed_from=result.resumed_from, device=device)
     print(f"recover: loss {result.history[0]['loss']:.3f} -> {result.history[-1]['loss']:.3f}")

@@ -19,12 +19,12 @@ from collections.abc import Callable
 
 from taskprune.artifacts import Artifacts
 from taskprune.config import Params
+from taskprune.frontier import kept_for
 from taskprune.masks import write_mask_files
 from taskprune.methods import get_method
 from taskprune.models.loading import load_local
-from taskprune.paths import Project, StageTimer, atomic_dir, fingerprint, stage_off, write_json
-from taskprune.search import run_search
-from taskprune.search.choice import UNIFORM_RULE, allocation_summary, level_space_of, pick_point
+from taskprune.paths import Project, StageTimer, atomic_dir, fingerprint, read_json, stage_off, write_json
+from taskprune.search.choice import UNIFORM_RULE, allocation_summary, level_space_of, search_genome
 from taskprune.search.fitness import make_evaluator, worker_spec
 
 
@@ -40,8 +40,13 @@ def run(params: Params, project: Project, evaluator_factory: Callable | None = N
     cfg = params.search
     model, _, arch = load_local(project.dense_model, "cpu")
     shapes, space, values = level_space_of(method, params, model, arch)
-    result, choice, genome = None, UNIFORM_RULE, space.uniform
-    if searching:
+    result, choice, genome, summary = None, UNIFORM_RULE, space.uniform, None
+    found = kept_for(project, params, "search") if searching and params.target.enabled else None
+    if found is not None and (found / "allocation.json").is_file():
+        summary = read_json(found / "allocation.json")  # the frontier ran this very search
+        print(f"search: the frontier searched this point with these settings; its allocation is reused "
+              f"({summary['reduction']:.1%} of the decoder-linear size removed)")
+    elif searching:
         checkpoints = project.state / "checkpoints" / "search-{}".format(fingerprint(
             params.prune.model_dump_json().encode(), cfg.model_dump_json(exclude={"workers", "ray_address"}).encode(),
             (project.data / "task_calib.jsonl").read_bytes(), (project.updates / "stage.json").read_bytes(),
@@ -51,14 +56,10 @@ def run(params: Params, project: Project, evaluator_factory: Callable | None = N
               f"{cfg.population}, {cfg.generations} generations, fitness {cfg.fitness} on {cfg.examples} "
               f"calibration rows ({where})")
         evaluator = (evaluator_factory or make_evaluator)(worker_spec(params, project, values), cfg.workers)
-        try:
-            result = run_search(space, evaluator, objective=cfg.objective, population=cfg.population,
-                                generations=cfg.generations, seed=cfg.seed, checkpoint_dir=checkpoints)
-            genome, choice = pick_point(result, space, cfg, evaluator)
-        finally:
-            evaluator.close()
-    summary = allocation_summary(space, genome, values, shapes, plan.levels, params.prune.allocation, cfg, choice,
-                                 result)
+        result, genome, choice = search_genome(space, evaluator, cfg, checkpoints)
+    if summary is None:
+        summary = allocation_summary(space, genome, values, shapes, plan.levels, params.prune.allocation, cfg, choice,
+                                     result)
     made = method.allocate(params, model, arch, Artifacts(project), summary["values"])
     with atomic_dir(project.search) as out:
         write_json(out / "allocation.json", summary)
@@ -69,4 +70,6 @@ def run(params: Params, project: Project, evaluator_factory: Callable | None = N
         shutil.rmtree(checkpoints, ignore_errors=True)
         print(f"search: fitness uniform {result.uniform_fitness:.4f} -> best {result.best_fitness:.4f}; "
               f"{summary['reduction']:.1%} of the decoder-linear size removed ({choice['rule']})")
+    if found is not None:
+        shutil.rmtree(found, ignore_errors=True)
     timer.done(kind=plan.levels, objective=cfg.objective, generations=cfg.generations, population=cfg.population)

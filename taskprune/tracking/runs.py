@@ -322,7 +322,8 @@ def _log_frontier_runs(client, experiment_id: str, parent_id: str, frontier: dic
         values["within_budget"] = float(point["within"])
         client.log_batch(child.info.run_id, metrics=[Metric(k, v, _millis(start), 0) for k, v in values.items()],
                          params=[Param("method", point["method"]), Param("level", str(point["level"])),
-                                 Param("recovered", str(point["recovered"]))])
+                                 Param("recovered", str(point["recovered"])),
+                                 Param("allocation", point.get("allocation", "uniform"))])
         client.set_terminated(child.info.run_id, end_time=_millis(start))
 
 
