@@ -167,12 +167,11 @@ class PruneConfig(_Strict):
             raise ValueError("allocation 'owl' varies sparsity per layer; it needs pattern 'unstructured'")
         if nm is not None and self.allocation == "search":
             raise ValueError("allocation 'search' varies sparsity per matrix; it needs pattern 'unstructured'")
-        method = self.method_object
-        if self.allocation == "search" and method.plan(self).levels is None:
-            searchable = [m for m in _method_names() if _method(m).plan(self).levels]
+        if self.allocation == "search" and not searchable(self, self.method):
             raise ValueError(f"allocation 'search' needs a method with per-matrix levels to search: "
-                             f"{', '.join(searchable)} (method {self.label} has none)")
-        method.check(self)
+                             f"{', '.join(m for m in _method_names() if searchable(self, m))} (method {self.label} "
+                             "has none)")
+        self.method_object.check(self)
         return self
 
     @property
