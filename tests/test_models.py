@@ -26,6 +26,53 @@ def test_adapter_contract(tiny_model_dir):
         assert arch.in_features(module) == weight.shape[1]
 
 
+def _mapped_files(pointer: int) -> list[str]:
+    """Safetensors files whose memory mapping in this process holds ``pointer`` (Linux's /proc/self/maps)."""
+    found = []
+    with open("/proc/self/maps", encoding="utf-8") as fh:
+        for line in fh:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= pointer < end and len(fields) > 5 and fields[5].endswith(".safetensors"):
+                found.append(fields[5])
+    return found
+
+
+@pytest.mark.parametrize("variant", ["as saved", "sharded, bfloat16"])
+def test_load_local_is_transformers_model_in_memory_of_its_own(tiny_model_dir, tmp_path, variant):
+    """load_local gives what transformers' from_pretrained gives (weights, buffers, ties, generation settings),
+    but no weight is a view of the safetensors file's memory mapping, which would stay resident beside whatever
+    replaces the weights (the structured surgery, in-place masks)."""
+    from transformers import AutoModelForCausalLM
+
+    directory = tiny_model_dir
+    if variant != "as saved":
+        directory = tmp_path / "resaved"
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+        model.save_pretrained(directory, max_shard_size="100KB")
+        assert (directory / "model.safetensors.index.json").is_file()
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (directory / name).write_bytes((tiny_model_dir / name).read_bytes())
+    ours = load_local(directory)[0]
+    reference = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    assert type(ours) is type(reference) and not ours.training
+    expected = reference.state_dict()
+    got = ours.state_dict()
+    assert got.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert got[key].dtype == torch.float32 and torch.equal(got[key], tensor), key
+    for name, buffer in reference.named_buffers():
+        assert torch.equal(ours.get_buffer(name), buffer), name
+    assert (ours.get_output_embeddings().weight is ours.get_input_embeddings().weight) == \
+        (reference.get_output_embeddings().weight is reference.get_input_embeddings().weight)
+    assert ours.generation_config.to_dict() == reference.generation_config.to_dict()
+    assert ours.name_or_path == str(directory)
+    if variant == "as saved":  # transformers' own loading maps the file: the test sees a mapping where there is one
+        assert any(_mapped_files(p.data_ptr()) for p in reference.parameters())
+    mapped = {name: _mapped_files(p.data_ptr()) for name, p in ours.named_parameters()}
+    assert not any(files for files in mapped.values()), mapped
+
+
 def brute_force_square_sums(model, arch, input_ids):
     """Whole-model forward (no layer-by-layer replay) with hooks on every linear."""
     sums = {}

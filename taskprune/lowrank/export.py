@@ -21,17 +21,11 @@ def save_factorized(model: nn.Module, tokenizer, ranks: dict[str, int], out_dir:
                                                    sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _state_dict_files(directory: Path) -> list[Path]:
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        return sorted({directory / f for f in json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()})
-    return [directory / "model.safetensors"]
-
-
 def load_factorized(directory: Path, dtype: torch.dtype = torch.float32):
     """Rebuild an exported factorized model with transformers: config -> model -> FactorizedLinears -> weights."""
-    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from taskprune.models.weights import read_weights
 
     spec = json.loads((directory / LOWRANK_FILE).read_text(encoding="utf-8"))
     config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
@@ -41,10 +35,7 @@ def load_factorized(directory: Path, dtype: torch.dtype = torch.float32):
         out_features, in_features = (old.weight.shape[1], old.weight.shape[0]) if type(old).__name__ == "Conv1D" \
             else old.weight.shape
         replace_module(model, path, FactorizedLinear(in_features, out_features, rank, module_bias(old) is not None))
-    state = {}
-    for file in _state_dict_files(directory):
-        state.update(load_file(str(file)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(read_weights(directory), strict=False)
     model.tie_weights()
     tied = {name for name, _ in model.named_parameters(remove_duplicate=False)} - set(dict(model.named_parameters()))
     if getattr(config, "tie_word_embeddings", False):

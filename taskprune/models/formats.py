@@ -12,13 +12,26 @@ from typing import Callable
 import torch
 
 from taskprune.lowrank.export import LOWRANK_FILE
+from taskprune.models.weights import read_weights, weight_files
 
 
 def _load_checkpoint(path: Path):
-    from transformers import AutoModelForCausalLM
+    """A transformers checkpoint, its weights in memory of their own (``read_weights``: not views of a file
+    mapping, so a model changed in place or consumed by the structured surgery frees what it no longer needs)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
-                                                trust_remote_code=False)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if model_class is None or not weight_files(path):  # not a standard layout: transformers' own loading
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
+                                                    trust_remote_code=False)
+    model = model_class.from_pretrained(None, config=config, state_dict=read_weights(path, torch.float32),
+                                        dtype=torch.float32)
+    model.config.name_or_path = model.name_or_path = str(path)  # as from_pretrained(path) records them
+    if (path / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    return model
 
 
 def _save_checkpoint(model, tokenizer, out: Path) -> None:
