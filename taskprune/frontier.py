@@ -83,7 +83,8 @@ class Frontier:
                              rounds)["speedup"]
 
     def fresh(self):
-        return load_local(self.project.dense_model, self.device)[0]
+        """A copy of the dense model to prune (consumed by the surgery, changed in place by masks)."""
+        return load_local(self.project.dense_model, self.device, owned=True)[0]
 
     def score(self, params: Params):
         """The method's score at these settings, computed once per distinct prune section."""

@@ -39,10 +39,10 @@ def _mapped_files(pointer: int) -> list[str]:
 
 
 @pytest.mark.parametrize("variant", ["as saved", "sharded, bfloat16"])
-def test_load_local_is_transformers_model_in_memory_of_its_own(tiny_model_dir, tmp_path, variant):
-    """load_local gives what transformers' from_pretrained gives (weights, buffers, ties, generation settings),
-    but no weight is a view of the safetensors file's memory mapping, which would stay resident beside whatever
-    replaces the weights (the structured surgery, in-place masks)."""
+def test_an_owned_load_is_transformers_model_in_memory_of_its_own(tiny_model_dir, tmp_path, variant):
+    """load_local(owned=True) gives what transformers' from_pretrained gives (weights, buffers, ties, generation
+    settings), but no weight is a view of the safetensors file's memory mapping, which would stay resident beside
+    whatever replaces the weights (the structured surgery, in-place masks)."""
     from transformers import AutoModelForCausalLM
 
     directory = tiny_model_dir
@@ -53,7 +53,7 @@ def test_load_local_is_transformers_model_in_memory_of_its_own(tiny_model_dir, t
         assert (directory / "model.safetensors.index.json").is_file()
         for name in ("tokenizer.json", "tokenizer_config.json"):
             (directory / name).write_bytes((tiny_model_dir / name).read_bytes())
-    ours = load_local(directory)[0]
+    ours = load_local(directory, owned=True)[0]
     reference = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     assert type(ours) is type(reference) and not ours.training
     expected = reference.state_dict()
@@ -67,8 +67,8 @@ def test_load_local_is_transformers_model_in_memory_of_its_own(tiny_model_dir, t
         (reference.get_output_embeddings().weight is reference.get_input_embeddings().weight)
     assert ours.generation_config.to_dict() == reference.generation_config.to_dict()
     assert ours.name_or_path == str(directory)
-    if variant == "as saved":  # transformers' own loading maps the file: the test sees a mapping where there is one
-        assert any(_mapped_files(p.data_ptr()) for p in reference.parameters())
+    if variant == "as saved":  # transformers' own loading (load_local's default) maps the file: the test sees it
+        assert any(_mapped_files(p.data_ptr()) for p in load_local(directory)[0].parameters())
     mapped = {name: _mapped_files(p.data_ptr()) for name, p in ours.named_parameters()}
     assert not any(files for files in mapped.values()), mapped
 

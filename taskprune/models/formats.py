@@ -15,23 +15,26 @@ from taskprune.lowrank.export import LOWRANK_FILE
 from taskprune.models.weights import read_weights, weight_files
 
 
-def _load_checkpoint(path: Path):
-    """A transformers checkpoint, its weights in memory of their own (``read_weights``: not views of a file
-    mapping, so a model changed in place or consumed by the structured surgery frees what it no longer needs)."""
+def _load_checkpoint(path: Path, owned: bool = False):
+    """A transformers checkpoint. ``owned``: each weight in memory of its own (``read_weights``), for a model that
+    is changed in place or consumed (pruning, the structured surgery, training); otherwise transformers' loading,
+    whose weights are views of the file's memory mapping: pages count only once read, so a stage that reads few
+    of them (score) stays small, but they stay resident until the last tensor of the file goes."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
-    if model_class is None or not weight_files(path):  # not a standard layout: transformers' own loading
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
-                                                    trust_remote_code=False)
-    model = model_class.from_pretrained(None, config=config, state_dict=read_weights(path, torch.float32),
-                                        dtype=torch.float32)
-    model.config.name_or_path = model.name_or_path = str(path)  # as from_pretrained(path) records them
-    if (path / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(path)
-    return model
+    if owned:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+        if model_class is not None and weight_files(path):  # a standard layout (else transformers' own loading)
+            model = model_class.from_pretrained(None, config=config, state_dict=read_weights(path, torch.float32),
+                                                dtype=torch.float32)
+            model.config.name_or_path = model.name_or_path = str(path)  # as from_pretrained(path) records them
+            if (path / "generation_config.json").is_file():
+                model.generation_config = GenerationConfig.from_pretrained(path)
+            return model
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True,
+                                                trust_remote_code=False)
 
 
 def _save_checkpoint(model, tokenizer, out: Path) -> None:
@@ -39,7 +42,7 @@ def _save_checkpoint(model, tokenizer, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def _load_factorized(path: Path):
+def _load_factorized(path: Path, owned: bool = False):  # rebuilt module by module: always its own memory
     from taskprune.lowrank import load_factorized
 
     return load_factorized(path)
@@ -57,7 +60,7 @@ class ModelFormat:
     marker: str | None                        # a file that only this format writes into the directory
     mlflow_flavour: str                       # "transformers": mlflow.transformers; "files": logged as files
     save: Callable[..., None]                 # save(model, tokenizer, out_dir)
-    load: Callable[[Path], object]            # load(dir) -> model (float32, eval mode not set)
+    load: Callable[[Path, bool], object]      # load(dir, owned) -> model (float32, eval mode not set)
 
 
 FORMATS = {

@@ -244,12 +244,14 @@ def fetch(name: str, revision: str | None, out_dir: Path, project_root: Path, st
     return source
 
 
-def load_local(path: Path, device: str = "cpu"):
-    """Load a project model directory (dense, pruned, recovered, in any format) with its architecture."""
+def load_local(path: Path, device: str = "cpu", owned: bool = False):
+    """Load a project model directory (dense, pruned, recovered, in any format) with its architecture.
+    ``owned``: for a model the caller changes in place or consumes: no weight is a view of the file's memory
+    mapping, so what is replaced is freed (models/formats.py)."""
     from transformers import AutoTokenizer
 
     check_model_dir(path)
-    model = format_of(path).load(path)
+    model = format_of(path).load(path, owned)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

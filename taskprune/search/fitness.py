@@ -61,7 +61,7 @@ class FitnessWorker:
         if spec.threads:
             torch.set_num_threads(spec.threads)
         self.spec = spec
-        model, tokenizer, arch = load_local(Path(spec.model_dir), "cpu")
+        model, tokenizer, arch = load_local(Path(spec.model_dir), "cpu", owned=True)  # levels set in place
         self.model, self.arch = model, arch
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.examples = read_jsonl(Path(spec.examples_file))[:spec.examples]

@@ -15,7 +15,7 @@ def run(params: Params, project: Project) -> None:
     timer = StageTimer(project, "prune")
     method = get_method(params.prune.method)
     plan = method.plan(params.prune)
-    model, tokenizer, arch = load_local(project.dense_model, "cpu")
+    model, tokenizer, arch = load_local(project.dense_model, "cpu", owned=True)  # pruned in place or consumed
     result = method.prune(params, model, arch, Artifacts(project))
     with atomic_dir(project.pruned_model) as out:
         FORMATS[plan.export].save(result.model, tokenizer, out)

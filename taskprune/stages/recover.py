@@ -47,7 +47,7 @@ def run(params: Params, project: Project) -> None:
     if trained_before is not None and not checkpoints.exists() and (trained_before / CHECKPOINT).is_file():
         shutil.copytree(trained_before, checkpoints)  # the frontier trained this point: its adapter, not again
         print("recover: the frontier trained this point's adapter with these settings; reusing it")
-    model, tokenizer, arch = load_local(project.pruned_model, device)
+    model, tokenizer, arch = load_local(project.pruned_model, device, owned=True)  # trained
     config = model.config.to_dict()
     teacher = blocks = None
     if cfg.loss == "distill":

@@ -1,0 +1,103 @@
+"""Why LLM-Sieve's factorization breaks Gemma-3 at its first level: a probe, not a benchmark.
+
+Factorizes the decoder linears of a project's dense model with sieve's factors (whitened SVD of the calibration
+moments, general and task mixed half and half, damp 0.01) at a parameter fraction, either every matrix or one kind
+(``0.95:down_proj``), and reports how far the logits move from dense on the task's test prompts and on held-out
+general text (relative L2), and the top-1 agreement with dense on the task prompts. Each setting is also run with
+every matrix's output error weighed by the gain of the norm that follows it (``--norm-weighted``; Gemma-3's q/k
+norms and its post-attention and post-feed-forward norms), to test whether those gains explain the damage.
+
+    .venv/bin/python bench/sieve_probe.py PROJECT 0.999 0.95 0.95:k_proj 0.95:down_proj [--norm-weighted]
+
+PROJECT: a project whose prepare_data and calibrate stages have run (the moments are needed), e.g. Gemma-3-270M
+on sentiment. A fraction is of each matrix's dense parameters (sieve's levels are such fractions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from taskprune import env
+from taskprune.calibration import load_moments
+from taskprune.lowrank.factors import Factors, breakeven_rank, mixed_moment, rank_for_fraction, whitened_factors
+from taskprune.lowrank.modules import factorize_model
+from taskprune.models.loading import load_local
+
+NORM_AFTER = {"self_attn.q_proj": "self_attn.q_norm", "self_attn.k_proj": "self_attn.k_norm",
+              "self_attn.o_proj": "post_attention_layernorm", "mlp.down_proj": "post_feedforward_layernorm"}
+
+
+def output_gain(model, arch, key: str):
+    """|1 + weight| of the (Gemma-style) RMSNorm applied to this matrix's output, tiled over heads; None if none."""
+    layer, name = key.split(".", 1)
+    if name not in NORM_AFTER:
+        return None
+    norm = arch.layers(model)[int(layer)].get_submodule(NORM_AFTER[name])
+    gain = (1 + norm.weight.detach().double()).abs()
+    rows = arch.weight(arch.named_linears(model)[key]).shape[0]
+    return gain.repeat(rows // gain.numel())
+
+
+def factors_of(model, arch, moments: dict, weighted: bool) -> dict[str, Factors]:
+    made = {}
+    for key, module in arch.named_linears(model).items():
+        weight = arch.weight(module)
+        rank = int(breakeven_rank(*weight.shape))
+        gain = output_gain(model, arch, key) if weighted else None
+        if gain is None:
+            made[key] = whitened_factors(weight, moments[key], 0.01, max_rank=rank)
+            continue
+        gain = gain.clamp_min(gain.max() * 1e-3)
+        f = whitened_factors((weight.double() * gain[:, None]).float(), moments[key], 0.01, max_rank=rank)
+        made[key] = Factors(up=(f.up.double() / gain[:, None]).float().contiguous(), down=f.down, energy=f.energy)
+    return made
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("project", type=Path)
+    parser.add_argument("settings", nargs="+", help="FRACTION or FRACTION:KIND (a linear's name, e.g. down_proj)")
+    parser.add_argument("--norm-weighted", action="store_true", help="also weigh errors by the following norm's gain")
+    parser.add_argument("--prompts", type=int, default=24)
+    args = parser.parse_args()
+    env.apply()
+    torch.set_num_threads(1)
+    artifacts = args.project / "artifacts"
+    model, tokenizer, arch = load_local(artifacts / "model/dense", "cpu")
+    keys = list(arch.named_linears(model))
+    sides = {side: load_moments(artifacts / "moments" / side) for side in ("task", "general")}
+    moments = {key: mixed_moment(sides["general"][key], sides["task"][key], 0.5) for key in keys}
+    rows = [json.loads(line) for line in open(artifacts / "data/task_test.jsonl", encoding="utf-8")][:args.prompts]
+    task = [tokenizer(r["query"] + " " + r["choices"][r["gold"]], return_tensors="pt").input_ids for r in rows]
+    general = [tokenizer(json.loads(line)["text"], return_tensors="pt", truncation=True, max_length=128).input_ids
+               for line in list(open(artifacts / "data/general_eval.jsonl", encoding="utf-8"))[:8]]
+    with torch.no_grad():
+        dense = [model(input_ids=ids).logits for ids in task + general]
+    kinds = {"plain": factors_of(model, arch, moments, False)}
+    if args.norm_weighted:
+        kinds["norm-weighted"] = factors_of(model, arch, moments, True)
+    for setting in args.settings:
+        fraction, _, kind = setting.partition(":")
+        chosen = [key for key in keys if key.endswith(kind)]
+        for label, factors in kinds.items():
+            probe = load_local(artifacts / "model/dense", "cpu")[0]
+            factorize_model(probe, arch, {k: factors[k] for k in chosen},
+                            {k: rank_for_fraction(*arch.weight(arch.named_linears(model)[k]).shape, float(fraction))
+                             for k in chosen})
+            with torch.no_grad():
+                logits = [probe(input_ids=ids).logits for ids in task + general]
+            moved = [float((got - want).norm() / want.norm()) for got, want in zip(logits, dense)]
+            agree = [float((got[0, :-1].argmax(-1) == want[0, :-1].argmax(-1)).float().mean())
+                     for got, want in zip(logits[:len(task)], dense[:len(task)])]
+            n = len(task)
+            print(f"fraction {fraction} {kind or 'all kinds'} ({label}): logits moved {sum(moved[:n]) / n:.3f} on task "
+                  f"prompts, {sum(moved[n:]) / len(general):.3f} on general text; top-1 agreement "
+                  f"{sum(agree) / n:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
