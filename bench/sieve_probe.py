@@ -57,6 +57,29 @@ def factors_of(model, arch, moments: dict, weighted: bool) -> dict[str, Factors]
     return made
 
 
+def matrix_errors(model, arch, factors: dict[str, Factors], fraction: float, prompts: list) -> dict[str, float]:
+    """Per kind of matrix, the mean over layers of the relative squared output error ||(W - UV) x||^2 / ||W x||^2
+    on the prompts' own inputs to that matrix (the dense model's), at ``fraction``."""
+    linears = arch.named_linears(model)
+    seen = {key: [] for key in linears}
+    hooks = [module.register_forward_pre_hook(lambda _m, args, key=key: seen[key].append(args[0][0].detach()))
+             for key, module in linears.items()]
+    with torch.no_grad():
+        for ids in prompts:
+            model(input_ids=ids)
+    for hook in hooks:
+        hook.remove()
+    by_kind: dict[str, list[float]] = {}
+    for key, module in linears.items():
+        weight = arch.weight(module).double()
+        rank = rank_for_fraction(*weight.shape, fraction)
+        approx = factors[key].up[:, :rank].double() @ factors[key].down[:rank].double()
+        x = torch.cat(seen[key]).double()
+        error = float((x @ (weight - approx).T).pow(2).sum() / (x @ weight.T).pow(2).sum())
+        by_kind.setdefault(key.rsplit(".", 1)[-1], []).append(error)
+    return {kind: sum(errors) / len(errors) for kind, errors in by_kind.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("project", type=Path)
@@ -80,6 +103,10 @@ def main() -> None:
     kinds = {"plain": factors_of(model, arch, moments, False)}
     if args.norm_weighted:
         kinds["norm-weighted"] = factors_of(model, arch, moments, True)
+    first = float(args.settings[0].partition(":")[0])
+    errors = matrix_errors(model, arch, kinds["plain"], first, task)
+    print(f"relative squared output error per matrix at fraction {first:g} (task prompts, mean over layers): "
+          + ", ".join(f"{kind} {error:.2%}" for kind, error in errors.items()), flush=True)
     for setting in args.settings:
         fraction, _, kind = setting.partition(":")
         chosen = [key for key in keys if key.endswith(kind)]
