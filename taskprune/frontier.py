@@ -6,7 +6,8 @@ factors, is computed once), its uniform allocation (with ``prune.allocation: sea
 level, fitness in this process), the prune step and, with ``recover.enabled``, recovery (so a
 point that meets the budget only after recovery counts); then its validation accuracy (lm-eval on
 ``task_validation.jsonl``), parameters, bytes on disk (the model saved in its export format) and decode speed next
-to dense (rounds interleaved).
+to dense (rounds interleaved; the point and dense are loaded from disk for each of their timings, one at a time, so
+timing holds one model in memory, not two).
 """
 
 from __future__ import annotations
@@ -66,21 +67,24 @@ class Frontier:
 
     @staticmethod
     def needs_dense(params: Params) -> bool:
-        """Whether the dense model stays in memory beside each point: for decode timed side by side, and as the
-        teacher of distillation. Without either (``target.decode_rounds: 0``), the frontier holds one model."""
-        return bool(params.target.decode_rounds) or (params.recover.enabled and params.recover.loss == "distill")
+        """Whether the dense model stays in memory beside each point: only as the teacher of distillation (decode
+        timing loads each model from disk for its rounds); otherwise the frontier holds one model."""
+        return params.recover.enabled and params.recover.loss == "distill"
 
     def evaluate(self, model) -> dict:
         """Validation accuracy and per-item correctness (lm-eval)."""
         return run_lm_eval(model, self.tokenizer, self.validation, self.params.evaluate.batch_size, None, self.device)
 
-    def speedup(self, model) -> float | None:
-        """Decode tokens/s of ``model`` over dense's, rounds interleaved (medians)."""
+    def speedup(self, saved: Path) -> float | None:
+        """Decode tokens/s of the point saved at ``saved`` over dense's, rounds interleaved (medians). Each is
+        loaded from disk for each of its timings (both the same way: weights in memory of their own), so only one
+        is in memory at a time."""
         rounds = self.params.target.decode_rounds
         if not rounds:
             return None
-        return paired_decode(model, self.dense, self.tokenizer, self.params.evaluate.decode_tokens, self.device,
-                             rounds)["speedup"]
+        return paired_decode(lambda: load_local(saved, self.device, owned=True)[0],
+                             lambda: load_local(self.project.dense_model, self.device, owned=True)[0],
+                             self.tokenizer, self.params.evaluate.decode_tokens, self.device, rounds)["speedup"]
 
     def fresh(self):
         """A copy of the dense model to prune (consumed by the surgery, changed in place by masks)."""
@@ -154,23 +158,28 @@ class Frontier:
         elif plan.always_allocates:
             allocation = uniform_allocation(method, params, model, self.arch)
         result = method.prune(params, model, self.arch, HeldArtifacts(self.project, params.prune, score, allocation))
-        with tempfile.TemporaryDirectory(prefix="taskprune-frontier-") as tmp:
-            FORMATS[plan.export].save(result.model, self.tokenizer, Path(tmp))
-            size = size_metrics(result.model, self.arch, Path(tmp))
         model = result.model
-        if params.recover.enabled:
-            masks = score.masks.masks if score.masks is not None else None
-            model = self.recover(params, model, masks, f"{method_name}-{level:g}")
+        del result
+        with tempfile.TemporaryDirectory(prefix="taskprune-frontier-") as tmp:
+            saved = Path(tmp) / "pruned"
+            FORMATS[plan.export].save(model, self.tokenizer, saved)
+            size = size_metrics(model, self.arch, saved)
+            if params.recover.enabled:
+                masks = score.masks.masks if score.masks is not None else None
+                model = self.recover(params, model, masks, f"{method_name}-{level:g}")
+                saved = Path(tmp) / "recovered"  # what is timed: the recovered model (same shapes, same bytes)
+                FORMATS[plan.export].save(model, self.tokenizer, saved)
+            measured = self.evaluate(model)
+            del model  # decode timing loads the point from disk, one model in memory at a time
+            speedup = self.speedup(saved)
         dense = self.dense_size
-        measured = self.evaluate(model)
         bound = accuracy_bound(measured["items"], self.dense_items, self.params.target.confidence)
         point = Point(method=method_name, level=level, validation_accuracy=round(measured["task_accuracy"], 6),
                       accuracy_bound=round(bound, 6),
                       reduction=round(1 - size["decoder_linear_nonzero"] / dense["decoder_linear_nonzero"], 6),
                       bytes_on_disk=size["bytes_on_disk"],
                       bytes_fraction=round(size["bytes_on_disk"] / dense["bytes_on_disk"], 6),
-                      speedup=self.speedup(model), recovered=params.recover.enabled,
-                      allocation=params.prune.allocation)
+                      speedup=speedup, recovered=params.recover.enabled, allocation=params.prune.allocation)
         point.seconds = round(time.perf_counter() - started, 2)
         return point
 

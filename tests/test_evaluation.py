@@ -40,6 +40,33 @@ def test_size_and_speed(tiny_llama_dir):
     assert decode_tokens_per_s(model, tokenizer, 8, "cpu", repeats=1) > 0
 
 
+def test_decode_side_by_side_loads_each_model_for_its_timing_and_holds_one_at_a_time(tiny_llama_dir):
+    """A loader instead of a model: called for each of its rounds, the model released after its timing, so the
+    frontier never holds the point and dense together for timing; rounds still alternate."""
+    import weakref
+
+    from taskprune.evaluation.size import decode_side_by_side, paired_decode
+
+    tokenizer = load_local(tiny_llama_dir)[1]
+    alive, order = [], []
+
+    def loader(label):
+        def load():
+            assert not [ref for ref in alive if ref() is not None], "another model still in memory"
+            order.append(label)
+            model = load_local(tiny_llama_dir)[0]
+            alive.append(weakref.ref(model))
+            return model
+        return load
+
+    times = decode_side_by_side({"model": loader("model"), "dense": loader("dense")}, tokenizer, 4, "cpu", 3)
+    assert order == ["model", "dense"] * 3 and all(len(v) == 3 and min(v) > 0 for v in times.values())
+    assert not [ref for ref in alive if ref() is not None]
+    held = load_local(tiny_llama_dir)[0]  # a model as such is used as it is, and kept
+    result = paired_decode(held, loader("dense"), tokenizer, 4, "cpu", 2)
+    assert result["rounds"] == 2 and result["speedup"] > 0 and order[-2:] == ["dense", "dense"]
+
+
 def test_perplexity_matches_the_model_loss(tiny_llama_dir):
     """Token-level perplexity equals exp of the mean next-token loss that transformers computes."""
     import math

@@ -257,7 +257,7 @@ def test_a_point_inside_only_by_the_luck_of_the_sample_does_not_pass():
     assert "at 95% confidence, < 0.760 allowed" in failed.reasons[0]
 
 
-def test_the_frontier_keeps_dense_beside_each_point_only_when_it_is_used():
+def test_the_frontier_keeps_dense_beside_each_point_only_as_a_teacher():
     from taskprune.frontier import Frontier
 
     def needs(**settings):
@@ -266,5 +266,5 @@ def test_the_frontier_keeps_dense_beside_each_point_only_when_it_is_used():
              "target": {"max_accuracy_drop": 0.05, "decode_rounds": settings.get("rounds", 3)},
              "recover": {"enabled": settings.get("recover", False), "loss": settings.get("loss", "answer")}}))
 
-    assert needs() and needs(rounds=0, recover=True, loss="distill")  # timing next to it; the teacher
-    assert not needs(rounds=0) and not needs(rounds=0, recover=True)
+    assert needs(rounds=0, recover=True, loss="distill") and needs(recover=True, loss="distill")  # the teacher
+    assert not needs() and not needs(rounds=0) and not needs(recover=True)  # timing loads each from disk

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from pathlib import Path
@@ -45,17 +46,23 @@ def decode_tokens_per_s(model, tokenizer, new_tokens: int, device: str, repeats:
 
 def decode_side_by_side(models: dict, tokenizer, new_tokens: int, device: str, rounds: int) -> dict[str, list[float]]:
     """Decode tokens/s of each model, timed in alternating rounds in this one process (after a warm-up of each),
-    so that whatever else loads the machine meanwhile falls on all of them alike: ``rounds`` values per model."""
+    so that whatever else loads the machine meanwhile falls on all of them alike: ``rounds`` values per model.
+    A value may be a loader (no arguments, returns the model) instead of a model: it is loaded for each of its
+    timings and released after it, so the models need not be in memory together."""
     times: dict[str, list[float]] = {label: [] for label in models}
     for _ in range(rounds):
         for label, model in models.items():
-            times[label].append(decode_tokens_per_s(model, tokenizer, new_tokens, device, repeats=1))
+            loaded = model if isinstance(model, torch.nn.Module) else model()
+            times[label].append(decode_tokens_per_s(loaded, tokenizer, new_tokens, device, repeats=1))
+            if loaded is not model:
+                del loaded
+                gc.collect()
     return times
 
 
 def paired_decode(model, dense, tokenizer, new_tokens: int, device: str, rounds: int) -> dict:
-    """``model`` against ``dense``, side by side: medians and ranges, the ratio of the medians, and whether the
-    difference is within the noise (the two ranges overlap)."""
+    """``model`` against ``dense`` (models, or loaders: ``decode_side_by_side``), side by side: medians and ranges,
+    the ratio of the medians, and whether the difference is within the noise (the two ranges overlap)."""
     times = decode_side_by_side({"model": model, "dense": dense}, tokenizer, new_tokens, device, rounds)
     spread = {label: [round(min(v), 2), round(statistics.median(v), 2), round(max(v), 2)] for label, v in times.items()}
     return {"rounds": rounds, "tokens_per_s": spread["model"], "dense_tokens_per_s": spread["dense"],
