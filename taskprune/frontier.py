@@ -82,9 +82,8 @@ class Frontier:
         rounds = self.params.target.decode_rounds
         if not rounds:
             return None
-        return paired_decode(lambda: load_local(saved, self.device, owned=True)[0],
-                             lambda: load_local(self.project.dense_model, self.device, owned=True)[0],
-                             self.tokenizer, self.params.evaluate.decode_tokens, self.device, rounds)["speedup"]
+        return paired_decode(lambda: load_local(saved, self.device, owned=True)[0], self.fresh, self.tokenizer,
+                             self.params.evaluate.decode_tokens, self.device, rounds)["speedup"]
 
     def fresh(self):
         """A copy of the dense model to prune (consumed by the surgery, changed in place by masks)."""
@@ -167,8 +166,9 @@ class Frontier:
             if params.recover.enabled:
                 masks = score.masks.masks if score.masks is not None else None
                 model = self.recover(params, model, masks, f"{method_name}-{level:g}")
-                saved = Path(tmp) / "recovered"  # what is timed: the recovered model (same shapes, same bytes)
-                FORMATS[plan.export].save(model, self.tokenizer, saved)
+                if self.params.target.decode_rounds:  # what is timed: the recovered model (same shapes, same bytes)
+                    saved = Path(tmp) / "recovered"
+                    FORMATS[plan.export].save(model, self.tokenizer, saved)
             measured = self.evaluate(model)
             del model  # decode timing loads the point from disk, one model in memory at a time
             speedup = self.speedup(saved)

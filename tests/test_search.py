@@ -307,12 +307,12 @@ def test_search_on_a_ray_cluster_with_a_worker_killed_mid_search_matches_the_loc
         environment = {**cli_env(on_ray.root),  # the cluster's token, as the compose file's worker has it
                        **{k: v for k, v in cluster.client_environment().items() if k.startswith("RAY_AUTH")}}
         started = time.perf_counter()
+        search = subprocess.Popen([str(Path(sys.executable).parent / "taskprune"), "stage", "search"], cwd=on_ray.root,
+                                  env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         checkpoints = on_ray.state / "checkpoints"
-        search = subprocess.Popen([str(Path(sys.executable).parent / "taskprune"), "stage", "search"],
-                                  cwd=on_ray.root, env=environment, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
-        while not any(checkpoints.glob("search-*/generation.pkl")) and search.poll() is None:
-            time.sleep(0.05)  # until the first generation is done
+        while not any(checkpoints.glob("search-*/generation.pkl")):  # the first generation is done
+            assert search.poll() is None, search.stdout.read()[-3000:]
+            time.sleep(0.05)
         os.killpg(workers[0].pid, signal.SIGKILL)  # the node: `ray start --block`, its raylet and its workers
         killed_during = search.poll() is None
         out = search.communicate(timeout=900)[0]
