@@ -23,7 +23,8 @@ import torch
 
 from taskprune import env
 from taskprune.calibration import load_moments
-from taskprune.lowrank.factors import Factors, breakeven_rank, mixed_moment, rank_for_fraction, whitened_factors
+from taskprune.lowrank.factors import (Factors, breakeven_rank, mixed_moment, rank_for_fraction, sieve_factors,
+                                      whitened_factors)
 from taskprune.lowrank.modules import factorize_model
 from taskprune.models.loading import load_local
 
@@ -42,12 +43,14 @@ def output_gain(model, arch, key: str):
     return gain.repeat(rows // gain.numel())
 
 
-def factors_of(model, arch, moments: dict, weighted: bool) -> dict[str, Factors]:
+def norm_weighted_factors(model, arch, moments: dict) -> dict[str, Factors]:
+    """Sieve's factors (``sieve_factors``) with each matrix's output error weighed by ``output_gain`` where a norm
+    follows it: the weight's rows scaled by the gain before the whitened SVD, the up factor scaled back after."""
     made = {}
     for key, module in arch.named_linears(model).items():
         weight = arch.weight(module)
         rank = int(breakeven_rank(*weight.shape))
-        gain = output_gain(model, arch, key) if weighted else None
+        gain = output_gain(model, arch, key)
         if gain is None:
             made[key] = whitened_factors(weight, moments[key], 0.01, max_rank=rank)
             continue
@@ -93,16 +96,16 @@ def main() -> None:
     model, tokenizer, arch = load_local(artifacts / "model/dense", "cpu")
     keys = list(arch.named_linears(model))
     sides = {side: load_moments(artifacts / "moments" / side) for side in ("task", "general")}
-    moments = {key: mixed_moment(sides["general"][key], sides["task"][key], 0.5) for key in keys}
     rows = [json.loads(line) for line in open(artifacts / "data/task_test.jsonl", encoding="utf-8")][:args.prompts]
     task = [tokenizer(r["query"] + " " + r["choices"][r["gold"]], return_tensors="pt").input_ids for r in rows]
     general = [tokenizer(json.loads(line)["text"], return_tensors="pt", truncation=True, max_length=128).input_ids
                for line in list(open(artifacts / "data/general_eval.jsonl", encoding="utf-8"))[:8]]
     with torch.no_grad():
         dense = [model(input_ids=ids).logits for ids in task + general]
-    kinds = {"plain": factors_of(model, arch, moments, False)}
+    kinds = {"plain": sieve_factors(model, arch, sides, 0.5, 0.01)}  # exactly what method sieve computes
     if args.norm_weighted:
-        kinds["norm-weighted"] = factors_of(model, arch, moments, True)
+        mixed = {key: mixed_moment(sides["general"][key], sides["task"][key], 0.5) for key in keys}
+        kinds["norm-weighted"] = norm_weighted_factors(model, arch, mixed)
     first = float(args.settings[0].partition(":")[0])
     errors = matrix_errors(model, arch, kinds["plain"], first, task)
     print(f"relative squared output error per matrix at fraction {first:g} (task prompts, mean over layers): "
