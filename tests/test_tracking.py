@@ -1,6 +1,7 @@
 """MLflow registration into a temporary SQLite store."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,11 @@ from taskprune.config import Params
 from taskprune.tracking import CHALLENGER, register_result
 
 
-def test_register_creates_run_version_alias_and_tags(tmp_path, tiny_llama_dir):
+def test_register_creates_run_version_alias_and_tags(tmp_path, tiny_llama_dir, monkeypatch):
     import mlflow
     from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
     params = Params.model_validate({"tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}})
     side = {"task_accuracy": 0.5, "perplexity": 10.0, "params": 100, "nonzero_params": 50,
@@ -25,6 +28,8 @@ def test_register_creates_run_version_alias_and_tags(tmp_path, tiny_llama_dir):
                   model_dir=tiny_llama_dir, artifacts=[], lineage_tags={"git_commit": "abc", "dvc.masks_md5": "m5"})
     first = register_result(**kwargs, provenance=("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"))
     second = register_result(**kwargs)
+    # mlflow.set_tracking_uri sets the variable: the next project in this process must not inherit this store
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     client = MlflowClient(tracking_uri=params.tracking.uri)
     model_files = mlflow.artifacts.download_artifacts("models:/taskprune-capital/1", dst_path=str(tmp_path / "v1"))
     licence = (Path(model_files) / "LICENSE.txt").read_text()  # names the base model, not the project's path

@@ -6,6 +6,7 @@ SQLite file in the project's state directory (artifacts beside it).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -72,6 +73,24 @@ def ensure_experiment(mlflow, name: str, uri: str, state_dir: Path) -> str:
     return experiment_id
 
 
+def _keeps_tracking_environment(function):
+    """``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI`` (for child processes). A process that registers
+    for one project after another (a Prefect worker serving deployments, the test suite) would then carry one
+    project's server into the next project whose ``tracking.uri`` is unset: the variable is put back as it was."""
+    @functools.wraps(function)
+    def keeping(*args, **kwargs):
+        before = os.environ.get("MLFLOW_TRACKING_URI")
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if before is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = before
+    return keeping
+
+
+@_keeps_tracking_environment
 def register_result(*, params: Params, state_dir: Path, task_label: str, metrics: dict, per_matrix: dict,
                     stage_records: dict[str, dict], model_dir: Path, artifacts: list[Path],
                     lineage_tags: dict[str, str], exclusive: dict[str, dict[str, float]] | None = None,
