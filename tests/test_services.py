@@ -25,7 +25,9 @@ def test_unreachable_tracking_server_stops_the_run_before_anything(project):
                      "evaluate.limit=20", timeout=120)
     took = time.perf_counter() - started
     assert done.returncode == 2, done.stderr[-2000:]
-    assert took < 15, took
+    # the check does not go through MLflow's retries (2 + 4 + 8 ... s): seconds, not minutes; the bound leaves
+    # room for a loaded machine starting Python and its imports (about 5 s alone, 16 s seen under load)
+    assert took < 30, took
     err = done.stderr
     assert f"tracking.uri (http://user:***@127.0.0.1:{port})" in err and "Connection refused" in err, err
     assert "secret" not in err and "Traceback" not in err
