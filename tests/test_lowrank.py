@@ -114,3 +114,51 @@ def test_reload_refuses_weights_that_do_not_match_the_ranks(tiny_llama_dir, tmp_
     (tmp_path / "lowrank.json").write_text(json.dumps(spec))
     with pytest.raises(Exception, match="size mismatch|do not match"):
         load_factorized(tmp_path)
+
+
+
+def test_a_relative_moment_factors_for_the_error_each_token_keeps_after_a_norm():
+    """A norm after a linear divides each token's output by its RMS, so what a factorization changes there is each
+    token's relative error. A few tokens with large outputs, from other directions (as a model's attention sinks),
+    dominate the plain moment; factors from the relative moment leave far less of the error after the norm."""
+    from taskprune.calibration.accumulators import RelativeMoment
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(32, 48, generator=gen)
+    few = torch.randn(100, 48, generator=gen) @ torch.randn(48, 48, generator=gen) * torch.logspace(0, -3, 48)
+    x = torch.cat([30 * few, torch.randn(900, 48, generator=gen)])
+    relative = RelativeMoment(48, None)
+    relative.add(x, x @ weight.T)
+
+    def error_after_norm(moment):
+        factors = whitened_factors(weight, moment, 0.01)
+        approx = factors.up[:, :12].double() @ factors.down[:12].double()
+        delta, y = x.double() @ (weight.double() - approx).T, x.double() @ weight.double().T
+        return float((delta.pow(2).mean(-1) / (y.pow(2).mean(-1) + 1e-6)).mean())
+
+    assert error_after_norm(relative.sum) < 0.8 * error_after_norm(x.T @ x)  # 0.28 vs 0.40
+
+
+def test_sieve_factors_use_the_relative_moment_where_a_norm_follows(tokenizer_dir, tmp_path):
+    """Gemma-3: the linears whose output a norm rescales (q, k, o, down) are factorized from calibration's relative
+    moments, the others (v, gate, up) from the plain ones."""
+    from conftest import make_tiny_model
+    from taskprune.calibration import MomentWriter, collect_input_square_sums, load_moments
+    from taskprune.calibration.accumulators import RELATIVE
+    from taskprune.lowrank import sieve_factors
+
+    model, tokenizer, arch = load_local(make_tiny_model("gemma3", tokenizer_dir, tmp_path / "gemma3"))
+    ids = torch.randint(0, len(tokenizer), (4, 16), generator=torch.Generator().manual_seed(0))
+    collect_input_square_sums(model, arch, ids, batch_size=4, moments=MomentWriter(tmp_path / "task", {}))
+    moments = load_moments(tmp_path / "task")
+    factors = sieve_factors(model, arch, {"task": moments}, 0.0, 0.01)
+    used = set()
+    for key, module in arch.named_linears(model).items():
+        rank = factors[key].up.shape[1]
+        for which in (key + RELATIVE, key):
+            if which in moments and torch.equal(factors[key].up, whitened_factors(
+                    arch.weight(module), mixed_moment(None, moments[which], 0.0), 0.01, max_rank=rank).up):
+                used.add(which.split(".", 1)[1])
+                break
+    assert used == {"self_attn.q_proj:relative", "self_attn.k_proj:relative", "self_attn.o_proj:relative",
+                    "mlp.down_proj:relative", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"}
