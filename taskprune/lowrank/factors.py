@@ -27,8 +27,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from taskprune.calibration.accumulators import RELATIVE
-
 
 @dataclass
 class Factors:
@@ -118,16 +116,11 @@ def mixed_moment(general: torch.Tensor | None, task: torch.Tensor, general_weigh
 @torch.no_grad()
 def sieve_factors(model: nn.Module, arch, moments: dict[str, dict[str, torch.Tensor]], general_weight: float,
                   damp: float, progress=None) -> dict[str, Factors]:
-    """Output-aware factors of every decoder linear, up to the break-even rank (every level is a truncation).
-    A linear whose output a norm rescales token by token uses its ``RELATIVE`` moment when calibration made one:
-    the error that reaches the model is relative to each token's output there (measured on Gemma-3-270M: the
-    key and down projections factorized alone moved the logits 0.24 and 0.39 with the plain moment, 0.05 and 0.10
-    with this one; bench/results/target_gemma.md)."""
+    """Output-aware factors of every decoder linear, up to the break-even rank (every level is a truncation)."""
     factors = {}
     for key, module in arch.named_linears(model).items():
         weight = arch.weight(module)
-        which = key + RELATIVE if key + RELATIVE in moments["task"] else key
-        h = mixed_moment(moments["general"][which] if "general" in moments else None, moments["task"][which],
+        h = mixed_moment(moments["general"][key] if "general" in moments else None, moments["task"][key],
                          general_weight)
         factors[key] = whitened_factors(weight, h, damp, max_rank=int(breakeven_rank(*weight.shape)))
         if progress is not None:
