@@ -5,9 +5,13 @@ moments, general and task mixed half and half, damp 0.01) at a parameter fractio
 (``0.95:down_proj``), and reports how far the logits move from dense on the task's test prompts and on held-out
 general text (relative L2), and the top-1 agreement with dense on the task prompts. Each setting is also run with
 every matrix's output error weighed by the gain of the norm that follows it (``--norm-weighted``; Gemma-3's q/k
-norms and its post-attention and post-feed-forward norms), to test whether those gains explain the damage.
+norms and its post-attention and post-feed-forward norms), to test whether those gains explain the damage, and
+with each token's input weighed by 1 / the mean square of that matrix's dense output (``--token-weighted``: the
+norm divides the output by its RMS, so what reaches the residual stream is the relative error of each token, which
+the plain moments do not see).
 
     .venv/bin/python bench/sieve_probe.py PROJECT 0.999 0.95 0.95:k_proj 0.95:down_proj [--norm-weighted]
+        [--token-weighted]
 
 PROJECT: a project whose prepare_data and calibrate stages have run (the moments are needed), e.g. Gemma-3-270M
 on sentiment. A fraction is of each matrix's dense parameters (sieve's levels are such fractions).
@@ -60,6 +64,39 @@ def norm_weighted_factors(model, arch, moments: dict) -> dict[str, Factors]:
     return made
 
 
+@torch.no_grad()
+def token_weighted_moments(model, arch, blocks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per matrix followed by a norm: the calibration inputs' second moment with each token weighed by 1 / the mean
+    square of the matrix's dense output (per head for q/k, averaged over heads), both sides mixed as sieve mixes
+    them; the first-order error after an RMS norm. Other matrices: absent (their plain moments apply)."""
+    linears = {key: module for key, module in arch.named_linears(model).items() if key.split(".", 1)[1] in NORM_AFTER}
+    head_dim = model.config.head_dim
+    sums: dict[str, dict[str, torch.Tensor]] = {side: {} for side in blocks}
+    side_now = [""]
+
+    def hook(module, args, out, key):
+        x = args[0].reshape(-1, args[0].shape[-1]).double()
+        y = out.reshape(-1, out.shape[-1]).double()
+        if key.endswith(("q_proj", "k_proj")):
+            ms = y.view(len(y), -1, head_dim).pow(2).mean(-1)
+            weight = (1 / (ms + 1e-6)).mean(-1)
+        else:
+            weight = 1 / (y.pow(2).mean(-1) + 1e-6)
+        total = sums[side_now[0]].get(key)
+        update = (x * weight[:, None]).T @ x
+        sums[side_now[0]][key] = update if total is None else total + update
+
+    handles = [module.register_forward_hook(lambda m, a, o, key=key: hook(m, a, o, key))
+               for key, module in linears.items()]
+    for side, ids in blocks.items():
+        side_now[0] = side
+        for chunk in ids.split(8):
+            model(input_ids=chunk, use_cache=False)
+    for handle in handles:
+        handle.remove()
+    return {key: mixed_moment(sums["general"][key], sums["task"][key], 0.5) for key in linears}
+
+
 def matrix_errors(model, arch, factors: dict[str, Factors], fraction: float, prompts: list) -> dict[str, float]:
     """Per kind of matrix, the mean over layers of the relative squared output error ||(W - UV) x||^2 / ||W x||^2
     on the prompts' own inputs to that matrix (the dense model's), at ``fraction``."""
@@ -88,6 +125,10 @@ def main() -> None:
     parser.add_argument("project", type=Path)
     parser.add_argument("settings", nargs="+", help="FRACTION or FRACTION:KIND (a linear's name, e.g. down_proj)")
     parser.add_argument("--norm-weighted", action="store_true", help="also weigh errors by the following norm's gain")
+    parser.add_argument("--token-weighted", action="store_true",
+                        help="also weigh each token's input by 1 / its output's mean square where a norm follows")
+    parser.add_argument("--accuracy", action="store_true",
+                        help="also each setting's task accuracy on the validation split (lm-eval, as the frontier)")
     parser.add_argument("--prompts", type=int, default=24)
     args = parser.parse_args()
     env.apply()
@@ -106,6 +147,19 @@ def main() -> None:
     if args.norm_weighted:
         mixed = {key: mixed_moment(sides["general"][key], sides["task"][key], 0.5) for key in keys}
         kinds["norm-weighted"] = norm_weighted_factors(model, arch, mixed)
+    if args.token_weighted:
+        from taskprune import config
+        from taskprune.calibration.blocks import calibration_blocks
+        from taskprune.paths import Project
+
+        project = Project(args.project)
+        weighted = token_weighted_moments(model, arch, calibration_blocks(
+            project, config.load(project.params_file).calibration, tokenizer))
+        plain = kinds["plain"]
+        kinds["token-weighted"] = {key: whitened_factors(arch.weight(module), weighted[key], 0.01,
+                                                         max_rank=int(breakeven_rank(*arch.weight(module).shape)))
+                                   if key in weighted else plain[key]
+                                   for key, module in arch.named_linears(model).items()}
     first = float(args.settings[0].partition(":")[0])
     errors = matrix_errors(model, arch, kinds["plain"], first, task)
     print(f"relative squared output error per matrix at fraction {first:g} (task prompts, mean over layers): "
@@ -124,9 +178,15 @@ def main() -> None:
             agree = [float((got[0, :-1].argmax(-1) == want[0, :-1].argmax(-1)).float().mean())
                      for got, want in zip(logits[:len(task)], dense[:len(task)])]
             n = len(task)
+            accuracy = ""
+            if args.accuracy:
+                from taskprune.evaluation.accuracy import run_lm_eval
+
+                measured = run_lm_eval(probe, tokenizer, artifacts / "data/task_validation.jsonl", 16, None, "cpu")
+                accuracy = f"; validation accuracy {measured['task_accuracy']:.3f}"
             print(f"fraction {fraction} {kind or 'all kinds'} ({label}): logits moved {sum(moved[:n]) / n:.3f} on task "
                   f"prompts, {sum(moved[n:]) / len(general):.3f} on general text; top-1 agreement "
-                  f"{sum(agree) / n:.2f}", flush=True)
+                  f"{sum(agree) / n:.2f}{accuracy}", flush=True)
 
 
 if __name__ == "__main__":
