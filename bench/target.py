@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=2, help="target.patience")
     parser.add_argument("--validation", type=float, default=0.2, help="task.validation_fraction")
     parser.add_argument("--recover", action="store_true", help="recovery in the loop (recover.* of params.yaml)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="more params.yaml overrides for every task, e.g. recover.loss=agree")
     parser.add_argument("--decode-rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("bench/results/target.md"))
     parser.add_argument("--compare-search", type=int, default=0, metavar="STEPS",
@@ -104,7 +106,7 @@ def main() -> None:
             base = task_overrides(task) + [
                 "target.max_accuracy_drop=0.05", f"task.validation_fraction={args.validation}", f"target.methods=[{', '.join(args.methods)}]",
                 f"target.levels=[{', '.join(map(str, args.levels))}]", f"target.refine={args.refine}", f"target.patience={args.patience}",
-                "target.decode_rounds=0", f"recover.enabled={str(args.recover).lower()}"]
+                "target.decode_rounds=0", f"recover.enabled={str(args.recover).lower()}", *args.set]
             params = config.load(project.params_file, base)
             stage("prepare_data", params, project)
             calibrate = stage("calibrate", params, project)
@@ -248,7 +250,7 @@ def report(args, rows: list[dict], notes: list[str], started: float, model: str)
               f"{model}, CPU, {os.cpu_count()} cores. Validation split {args.validation:g} "
               f"of each task; levels {args.levels}, walk stopped after {args.patience} outside in a row, {args.refine} "
               f"bisection steps; recovery in the loop: "
-              f"{'yes' if args.recover else 'no'}. Search time: the frontier's points of one method for all budgets "
+              f"{'yes' if args.recover else 'no'}{''.join(f', {o}' for o in args.set)}. Search time: the frontier's points of one method for all budgets "
               f"(each point made once: its score, prune and validation accuracy), divided by one forward pass of the dense model over the calibration tokens "
               f"of both sides. Decode: {p.evaluate.decode_tokens} new tokens at batch 1, median of "
               f"{args.decode_rounds} interleaved rounds. Whole benchmark: {time.perf_counter() - started:.0f} s "

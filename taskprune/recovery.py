@@ -10,7 +10,10 @@ weights stay untouched.
 
 Distillation adds the KL divergence from the dense model's next-token distribution on token blocks of the
 task's calibration text and of general text (Minitron's recovery), so the pruned model relearns what the
-removed units did and not only the answers.
+removed units did and not only the answers. ``agree`` keeps only a KL term, on the calibration rows themselves
+(query and right answer, every position): the pruned model is taught to answer as dense does, where dense is
+wrong too, which is what an accuracy budget judged on paired answers asks; it costs one teacher forward pass
+of the short rows per step.
 
 A checkpoint (the trained weights: adapter or all, optimizer, step, loss history, RNG state) is written
 every ``checkpoint_every`` steps; a killed run started again with the same inputs
@@ -125,15 +128,20 @@ class Distillation:
     """The dense model as teacher and the text it is matched on (token blocks of task and general text)."""
 
     teacher: object
-    blocks: torch.Tensor
+    blocks: torch.Tensor | None
     weight: float = 1.0
 
     def loss(self, model, step: int, batch_size: int, seed: int, device: str) -> torch.Tensor:
         ids = self.blocks[batch_indices(len(self.blocks), batch_size, step, seed + 1)].to(device)
+        return self.weight * self.agreement(model, {"input_ids": ids,
+                                                    "attention_mask": torch.ones_like(ids)})
+
+    def agreement(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """KL(teacher || student) of the next-token distributions at every attended position of ``batch``."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
         with torch.no_grad():
-            teacher = self.teacher(input_ids=ids, use_cache=False).logits
-        student = model(input_ids=ids, use_cache=False).logits
-        return self.weight * distill_loss(student, teacher, torch.ones(ids.shape, dtype=torch.bool, device=device))
+            teacher = self.teacher(**inputs).logits
+        return distill_loss(model(**inputs).logits, teacher, batch["attention_mask"].bool())
 
 
 @dataclass
@@ -148,7 +156,7 @@ class Trainable:
 
 def make_trainable(model, arch, cfg: RecoverConfig, teacher=None, blocks: torch.Tensor | None = None) -> Trainable:
     """A LoRA adapter on every prunable linear, or every weight; with ``loss: distill`` the dense ``teacher``
-    and the calibration ``blocks`` it is matched on."""
+    and the calibration ``blocks`` it is matched on, with ``loss: agree`` the ``teacher`` alone."""
     trained = lora_model(model, arch, cfg) if cfg.train == "lora" else full_model(model, cfg)
     count = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     what = f"LoRA r={cfg.rank} on {len(lora_targets(model, arch))} modules" if cfg.train == "lora" else "all weights"
@@ -156,16 +164,22 @@ def make_trainable(model, arch, cfg: RecoverConfig, teacher=None, blocks: torch.
     if cfg.loss == "distill":
         distill = Distillation(teacher, blocks, cfg.distill_weight)
         what += f", distilled from the dense model on {len(blocks)} task and general text blocks"
+    elif cfg.loss == "agree":
+        distill = Distillation(teacher, None)
+        what += ", taught to agree with the dense model (KL on the calibration rows)"
     return Trainable(trained, count, what, distill)
 
 
 def train_recovery(model, tokenizer, train: list[Example], cfg: RecoverConfig, checkpoint_dir: Path,
                    device: str, stop_after: int | None = None, distill: Distillation | None = None) -> TrainResult:
     """Train ``model``'s trainable parameters (a LoRA adapter, or every weight) for ``cfg.steps`` steps on the
-    answer loss (plus, with ``distill``, the KL to the dense model), resuming from ``checkpoint_dir``.
+    answer loss (plus, with ``loss: distill``, the KL to the dense model on its blocks; with ``loss: agree``, only
+    the KL on the rows themselves), resuming from ``checkpoint_dir``.
 
     ``stop_after`` ends the loop early (after that many steps in total), as a kill would; tests use it.
     """
+    if cfg.teacher and distill is None:
+        raise ValueError(f"recover.loss {cfg.loss} trains against the dense model: pass it (make_trainable)")
     torch.manual_seed(cfg.seed)
     data = encode(tokenizer, train, cfg.max_len)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -183,13 +197,17 @@ def train_recovery(model, tokenizer, train: list[Example], cfg: RecoverConfig, c
         print(f"recover: resuming from the checkpoint at step {start} of {cfg.steps}")
     model.train()
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    desc = f"{'LoRA' if cfg.train == 'lora' else 'full'} recovery{' (distill)' if distill else ''}"
+    desc = f"{'LoRA' if cfg.train == 'lora' else 'full'} recovery{f' ({cfg.loss})' if distill else ''}"
     bar = tqdm(range(start, end), desc=desc, unit="step", initial=start, total=cfg.steps)
     for step in bar:
         batch = collate([data[i] for i in batch_indices(len(data), cfg.batch_size, step, cfg.seed)], pad_id)
-        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        batch = {k: v.to(device) for k, v in batch.items()}
         record = {"step": step + 1}
-        if distill is not None:
+        if cfg.loss == "agree":
+            loss = distill.agreement(model, batch)
+        else:
+            loss = model(**batch).loss
+        if cfg.loss == "distill":
             kl = distill.loss(model, step, cfg.batch_size, cfg.seed, device)
             record["answer_loss"], record["distill_loss"] = round(loss.item(), 5), round(kl.item(), 5)
             loss = loss + kl

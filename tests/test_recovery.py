@@ -15,7 +15,7 @@ from taskprune.models.loading import load_local, save_model
 from taskprune.paths import Project, read_json, write_json
 from taskprune.pruning import apply_masks, compute_masks
 from taskprune.recovery import (Distillation, batch_indices, check_disjoint, collate, distill_loss, encode, full_model,
-                                lora_model, merge_keeping_masks, train_recovery)
+                                lora_model, make_trainable, merge_keeping_masks, train_recovery)
 
 ROWS = builtin.sentiment(0)[:48]
 
@@ -97,7 +97,8 @@ def test_distilled_full_training_moves_toward_the_dense_model_and_resumes_to_the
     train_recovery(answer_only, tokenizer, ROWS, cfg.model_copy(update={"loss": "answer"}), tmp_path / "c", "cpu")
     straight, _ = fresh()
     whole = train_recovery(straight, tokenizer, ROWS, cfg, tmp_path / "a", "cpu", distill=Distillation(teacher, blocks, 10))
-    assert kl(straight) < 0.5 * kl(answer_only)  # the KL term keeps the model near the dense one    assert {"answer_loss", "distill_loss", "loss"} <= set(whole.history[0])
+    assert kl(straight) < 0.5 * kl(answer_only)  # the KL term keeps the model near the dense one
+    assert {"answer_loss", "distill_loss", "loss"} <= set(whole.history[0])
     killed, _ = fresh()
     train_recovery(killed, tokenizer, ROWS, cfg, tmp_path / "b", "cpu", stop_after=5,
                    distill=Distillation(teacher, blocks, 10))
@@ -107,6 +108,31 @@ def test_distilled_full_training_moves_toward_the_dense_model_and_resumes_to_the
     assert [h["loss"] for h in again.history] == pytest.approx([h["loss"] for h in whole.history], rel=1e-4)
     theirs = dict(straight.named_parameters())
     assert all(torch.allclose(p, theirs[name], atol=1e-5) for name, p in resumed.named_parameters())
+
+
+def test_agree_teaches_the_pruned_model_to_predict_as_dense_does_on_the_rows(tiny_llama_dir, tmp_path):
+    """loss agree: the KL to dense on the calibration rows (every position) is what is trained, so after it the
+    pruned model is closer to dense on those rows than after as many steps on the answer loss, and than before."""
+    cfg = RecoverConfig(loss="agree", steps=12, rank=8, learning_rate=3e-3, batch_size=4)
+    teacher, tokenizer, arch = load_local(tiny_llama_dir)
+    batch = collate(encode(tokenizer, ROWS, 64), tokenizer.pad_token_id or 0)
+
+    def kl(model):
+        with torch.no_grad():
+            return float(Distillation(teacher, None).agreement(model, batch))
+
+    with pytest.raises(ValueError, match="trains against the dense model"):
+        train_recovery(pruned_tiny(tiny_llama_dir)[0], tokenizer, ROWS, cfg, tmp_path / "none", "cpu")
+    trained = {}
+    for loss in ("answer", "agree"):
+        model, _, arch, _ = pruned_tiny(tiny_llama_dir)
+        before = kl(model)
+        made = make_trainable(model, arch, cfg.model_copy(update={"loss": loss}), teacher)
+        result = train_recovery(made.model, tokenizer, ROWS, cfg.model_copy(update={"loss": loss}), tmp_path / loss,
+                                "cpu", distill=made.distill)
+        trained[loss] = kl(made.model)
+        assert len(result.history) == cfg.steps
+    assert "agree with the dense" in made.what and trained["agree"] < 0.7 * before and trained["agree"] < trained["answer"]
 
 
 def test_full_training_cannot_keep_an_adapter_apart():
@@ -135,10 +161,10 @@ def test_test_rows_never_reach_training():
 
 
 @pytest.mark.parametrize("merge", [True, False])
-def test_recover_stage_trains_on_the_calibration_split_only(tiny_llama_dir, tmp_path, merge):
+def test_recover_stage_trains_on_the_calibration_split_only(tiny_llama_dir, tmp_path, merge, monkeypatch):
     from taskprune.data.schema import read_jsonl
-    from taskprune.stages import run_stage
-    from taskprune.stages.evaluate import evaluate_model
+    from taskprune.evaluation.size import paired_decode
+    from taskprune.stages import evaluate, run_stage
 
     project = Project(tmp_path)
     (tmp_path / "task.jsonl").write_text("".join(__import__("json").dumps(ex.to_row()) + "\n" for ex in ROWS))
@@ -164,7 +190,17 @@ def test_recover_stage_trains_on_the_calibration_split_only(tiny_llama_dir, tmp_
     for key, module in arch.named_linears(recovered).items():
         assert torch.equal(arch.weight(module) != 0, masks[key]), key
     assert (project.recovered_model / "adapter").is_dir() is (not merge)
-    result = evaluate_model(params, project, "recovered")
-    assert 0 <= result["task_accuracy"] <= 1
+    shutil.copytree(tiny_llama_dir, project.dense_model)
+    timed = []
+
+    def loaders_only(model, dense, *args):  # decode timed with each model loaded for its own rounds, never both held
+        assert not isinstance(model, torch.nn.Module) and not isinstance(dense, torch.nn.Module)
+        timed.append(type(model()).__name__)
+        return paired_decode(model, dense, *args)
+
+    monkeypatch.setattr(evaluate, "paired_decode", loaders_only)
+    result = evaluate.evaluate_model(params, project, "recovered")
+    assert 0 <= result["task_accuracy"] <= 1 and result["decode"]["rounds"] == params.evaluate.decode_rounds
+    assert timed == ["LlamaForCausalLM" if merge else "PeftModelForCausalLM"] and result["drift"]["layers"]
     assert ("adapter_params" in result) is (not merge)
     shutil.rmtree(project.recovered_model)

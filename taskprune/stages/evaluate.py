@@ -7,10 +7,13 @@ timings.
 
 from __future__ import annotations
 
+import gc
+
 from taskprune.config import Params
 from taskprune.data.texts import read_texts
 from taskprune.data.schema import read_jsonl
 from taskprune.evaluation import evaluate_loaded, size_metrics
+from taskprune.evaluation.size import paired_decode
 from taskprune.evaluation.drift import drift_sequences, layer_drift
 from taskprune.models.loading import load_local, pick_device
 from taskprune.paths import LORA_DIR, Project, StageTimer, read_json, write_json
@@ -21,16 +24,23 @@ def recovery_enabled(project: Project) -> bool:
     return read_json(project.recovered_model / "stage.json")["enabled"]
 
 
+def with_adapter(model, directory):
+    """``model`` with the LoRA adapter saved beside it, where recovery kept one unmerged (``merge: false``)."""
+    if not (directory / LORA_DIR).is_dir():
+        return model
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(directory / LORA_DIR))
+
+
 def evaluate_model(params: Params, project: Project, which: str) -> dict:
     device = pick_device(params.model.device)
     directory = project.path(f"{which}_model")
     model, tokenizer, arch = load_local(directory, device)
     sizes = size_metrics(model, arch, directory)
     layers = arch.layers(model)  # before an adapter wraps the model (its hooks still see every forward pass)
+    model = with_adapter(model, directory)
     if (directory / LORA_DIR).is_dir():  # recovered with merge: false: the pruned weights + a LoRA adapter
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(directory / LORA_DIR))
         lora = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
         sizes.update(params=sizes["params"] + lora, nonzero_params=sizes["nonzero_params"] + lora,
                      adapter_params=lora,
@@ -39,14 +49,22 @@ def evaluate_model(params: Params, project: Project, which: str) -> dict:
     print(f"evaluating {which} model on the test split and held-out general text ...", flush=True)
     held_out = read_texts(project.data / "general_eval.jsonl")
     side_by_side = which != "dense" and (project.dense_model / "config.json").is_file()
-    dense = load_local(project.dense_model, device)[0] if side_by_side else None  # decode timed next to it
     result = evaluate_loaded(model, tokenizer, project.data / "task_test.jsonl", held_out, params.evaluate, device,
-                             dense=dense)
+                             time_decode=not side_by_side)
     result.update(sizes)
-    if dense is not None:  # where, layer by layer, the compressed model departs from dense
+    if side_by_side:
+        dense = load_local(project.dense_model, device)[0]
         removed = read_json(project.pruned_model / "stage.json").get("removed_layers", [])
         sequences = drift_sequences(tokenizer, read_jsonl(project.data / "task_test.jsonl"), held_out)
+        # where, layer by layer, the compressed model departs from dense
         result["drift"] = layer_drift(model, layers, dense, arch.layers(dense), sequences, device, removed)
+        del model, layers, dense
+        gc.collect()
+        # decode timed next to dense, rounds interleaved, each loaded for its own timing (one in memory at a time)
+        result["decode"] = paired_decode(lambda: with_adapter(load_local(directory, device, owned=True)[0], directory),
+                                         lambda: load_local(project.dense_model, device, owned=True)[0], tokenizer,
+                                         params.evaluate.decode_tokens, device, params.evaluate.decode_rounds)
+        result["tokens_per_s"] = result["decode"]["tokens_per_s"][1]
     return result
 
 

@@ -50,8 +50,9 @@ def run(params: Params, project: Project) -> None:
     model, tokenizer, arch = load_local(project.pruned_model, device, owned=True)  # trained
     config = model.config.to_dict()
     teacher = blocks = None
-    if cfg.loss == "distill":
+    if cfg.teacher:
         teacher = load_local(project.dense_model, device)[0]
+    if cfg.loss == "distill":
         blocks = calibration_blocks(project, params.calibration, tokenizer)
         blocks = torch.cat([blocks["task"], blocks["general"]])
     made = make_trainable(model, arch, cfg, teacher, blocks)
