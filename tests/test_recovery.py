@@ -160,8 +160,8 @@ def test_test_rows_never_reach_training():
         check_disjoint(train + test[:1], {ex.id for ex in test})
 
 
-@pytest.mark.parametrize("merge", [True, False])
-def test_recover_stage_trains_on_the_calibration_split_only(tiny_llama_dir, tmp_path, merge, monkeypatch):
+@pytest.mark.parametrize("merge, loss", [(True, "answer"), (False, "agree")])
+def test_recover_stage_trains_on_the_calibration_split_only(tiny_llama_dir, tmp_path, merge, loss, monkeypatch):
     from taskprune.data.schema import read_jsonl
     from taskprune.evaluation.size import paired_decode
     from taskprune.stages import evaluate, run_stage
@@ -172,13 +172,14 @@ def test_recover_stage_trains_on_the_calibration_split_only(tiny_llama_dir, tmp_
         "task": {"path": "task.jsonl"},
         "calibration": {"general": {"source": "file", "path": str(write_general_text(tmp_path / "g.txt"))}},
         "evaluate": {"perplexity_docs": 4, "decode_tokens": 2, "limit": 8},
-        "recover": {"enabled": True, "steps": 3, "rank": 4, "merge": merge, "checkpoint_every": 2}})
+        "recover": {"enabled": True, "steps": 3, "rank": 4, "merge": merge, "loss": loss, "checkpoint_every": 2}})
     run_stage("prepare_data", params, project)
     model, tokenizer, arch, masks = pruned_tiny(tiny_llama_dir)
     save_model(model, tokenizer, project.pruned_model)
     write_json(project.pruned_model / "stage.json", {"method": "magnitude"})
     project.masks.mkdir(parents=True)
     masklib.save_masks(project.masks / "masks.safetensors", masks)
+    shutil.copytree(tiny_llama_dir, project.dense_model)  # agree's teacher; decode is timed against it
     run_stage("recover", params, project)
     info = read_json(project.recovered_model / "stage.json")
     calib = {ex.id for ex in read_jsonl(project.data / "task_calib.jsonl")}
@@ -190,7 +191,6 @@ def test_recover_stage_trains_on_the_calibration_split_only(tiny_llama_dir, tmp_
     for key, module in arch.named_linears(recovered).items():
         assert torch.equal(arch.weight(module) != 0, masks[key]), key
     assert (project.recovered_model / "adapter").is_dir() is (not merge)
-    shutil.copytree(tiny_llama_dir, project.dense_model)
     timed = []
 
     def loaders_only(model, dense, *args):  # decode timed with each model loaded for its own rounds, never both held

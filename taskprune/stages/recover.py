@@ -2,7 +2,8 @@
 
 Disabled (the default): writes only a stage.json saying so. Enabled: trains LoRA on every linear
 inside the prunable ones (both factors of a factorized linear), or every weight (``train: full``), on the
-answer loss or also distilled from the dense model (``loss: distill``), then saves, in the pruned model's own
+answer loss, also distilled from the dense model (``loss: distill``) or only taught to agree with it on the
+calibration rows (``loss: agree``), then saves, in the pruned model's own
 format and with its config unchanged, either the merged model with the pruning masks re-applied (when the
 result has masks), or the untouched pruned weights plus the adapter in ``adapter/`` (``merge: false``).
 Checkpoints live in
