@@ -8,10 +8,11 @@ every matrix's output error weighed by the gain of the norm that follows it (``-
 norms and its post-attention and post-feed-forward norms), to test whether those gains explain the damage, and
 with each token's input weighed by 1 / the mean square of that matrix's dense output (``--token-weighted``: the
 norm divides the output by its RMS, so what reaches the residual stream is the relative error of each token, which
-the plain moments do not see).
+the plain moments do not see), and with the outputs that are added to the residual stream after a norm also weighed
+by 1 / that stream's mean square (``--residual-weighted``: the next layer's norm divides the sum by its RMS).
 
     .venv/bin/python bench/sieve_probe.py PROJECT 0.999 0.95 0.95:k_proj 0.95:down_proj [--norm-weighted]
-        [--token-weighted]
+        [--token-weighted] [--residual-weighted] [--accuracy]
 
 PROJECT: a project whose prepare_data and calibrate stages have run (the moments are needed), e.g. Gemma-3-270M
 on sentiment. A fraction is of each matrix's dense parameters (sieve's levels are such fractions).
@@ -64,15 +65,25 @@ def norm_weighted_factors(model, arch, moments: dict) -> dict[str, Factors]:
     return made
 
 
+# the norm whose input is the residual stream that a post-normed output is added to (Gemma-2/3)
+RESIDUAL_BEFORE = {"self_attn.o_proj": "input_layernorm", "mlp.down_proj": "pre_feedforward_layernorm"}
+
+
 @torch.no_grad()
-def token_weighted_moments(model, arch, blocks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def token_weighted_moments(model, arch, blocks: dict[str, torch.Tensor],
+                           residual: bool = False) -> dict[str, torch.Tensor]:
     """Per matrix followed by a norm: the calibration inputs' second moment with each token weighed by 1 / the mean
     square of the matrix's dense output (per head for q/k, averaged over heads), both sides mixed as sieve mixes
-    them; the first-order error after an RMS norm. Other matrices: absent (their plain moments apply)."""
+    them; the first-order error after an RMS norm. Other matrices: absent (their plain moments apply).
+
+    ``residual``: for the post-normed outputs (o, down) also by 1 / the mean square of the residual stream they
+    are added to, since the next norm divides the sum by its RMS: a token whose residual is large (Gemma's first
+    token carries activations hundreds of times the others') hardly feels its normalized output's error."""
     linears = {key: module for key, module in arch.named_linears(model).items() if key.split(".", 1)[1] in NORM_AFTER}
     head_dim = model.config.head_dim
     sums: dict[str, dict[str, torch.Tensor]] = {side: {} for side in blocks}
     side_now = [""]
+    streams: dict[str, torch.Tensor] = {}
 
     def hook(module, args, out, key):
         x = args[0].reshape(-1, args[0].shape[-1]).double()
@@ -82,12 +93,24 @@ def token_weighted_moments(model, arch, blocks: dict[str, torch.Tensor]) -> dict
             weight = (1 / (ms + 1e-6)).mean(-1)
         else:
             weight = 1 / (y.pow(2).mean(-1) + 1e-6)
+            if residual:
+                layer, name = key.split(".", 1)
+                weight = weight / streams[f"{layer}.{RESIDUAL_BEFORE[name]}"]
         total = sums[side_now[0]].get(key)
         update = (x * weight[:, None]).T @ x
         sums[side_now[0]][key] = update if total is None else total + update
 
+    def stream(args, name):
+        h = args[0].reshape(-1, args[0].shape[-1]).double()
+        streams[name] = h.pow(2).mean(-1) + 1e-6
+
     handles = [module.register_forward_hook(lambda m, a, o, key=key: hook(m, a, o, key))
                for key, module in linears.items()]
+    if residual:
+        for index, layer in enumerate(arch.layers(model)):
+            for norm in RESIDUAL_BEFORE.values():
+                handles.append(layer.get_submodule(norm).register_forward_pre_hook(
+                    lambda _m, a, name=f"{index}.{norm}": stream(a, name)))
     for side, ids in blocks.items():
         side_now[0] = side
         for chunk in ids.split(8):
@@ -127,6 +150,8 @@ def main() -> None:
     parser.add_argument("--norm-weighted", action="store_true", help="also weigh errors by the following norm's gain")
     parser.add_argument("--token-weighted", action="store_true",
                         help="also weigh each token's input by 1 / its output's mean square where a norm follows")
+    parser.add_argument("--residual-weighted", action="store_true",
+                        help="also token-weighted with post-normed outputs weighed by 1 / the residual's mean square")
     parser.add_argument("--accuracy", action="store_true",
                         help="also each setting's task accuracy on the validation split (lm-eval, as the frontier)")
     parser.add_argument("--prompts", type=int, default=24)
@@ -147,19 +172,22 @@ def main() -> None:
     if args.norm_weighted:
         mixed = {key: mixed_moment(sides["general"][key], sides["task"][key], 0.5) for key in keys}
         kinds["norm-weighted"] = norm_weighted_factors(model, arch, mixed)
-    if args.token_weighted:
+    if args.token_weighted or args.residual_weighted:
         from taskprune import config
         from taskprune.calibration.blocks import calibration_blocks
         from taskprune.paths import Project
 
         project = Project(args.project)
-        weighted = token_weighted_moments(model, arch, calibration_blocks(
-            project, config.load(project.params_file).calibration, tokenizer))
+        blocks = calibration_blocks(project, config.load(project.params_file).calibration, tokenizer)
         plain = kinds["plain"]
-        kinds["token-weighted"] = {key: whitened_factors(arch.weight(module), weighted[key], 0.01,
-                                                         max_rank=int(breakeven_rank(*arch.weight(module).shape)))
-                                   if key in weighted else plain[key]
-                                   for key, module in arch.named_linears(model).items()}
+        for label, residual in (("token-weighted", False), ("residual-weighted", True)):
+            if not (args.residual_weighted if residual else args.token_weighted):
+                continue
+            weighted = token_weighted_moments(model, arch, blocks, residual)
+            kinds[label] = {key: whitened_factors(arch.weight(module), weighted[key], 0.01,
+                                                  max_rank=int(breakeven_rank(*arch.weight(module).shape)))
+                            if key in weighted else plain[key]
+                            for key, module in arch.named_linears(model).items()}
     first = float(args.settings[0].partition(":")[0])
     errors = matrix_errors(model, arch, kinds["plain"], first, task)
     print(f"relative squared output error per matrix at fraction {first:g} (task prompts, mean over layers): "
