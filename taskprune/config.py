@@ -273,8 +273,8 @@ class RecoverConfig(_Strict):
     loss: Literal["answer", "distill", "agree"] = Field(
         "answer", description="answer (log-likelihood of the right answer), distill (that plus the KL divergence "
                               "from the dense model's next-token distribution on task and general calibration text) "
-                              "or agree (only that KL, on the calibration rows themselves, query and right answer: "
-                              "the pruned model learns to predict as dense does, right or wrong)")
+                              "or agree (only that KL, on the calibration rows themselves where their answer is "
+                              "predicted: the pruned model learns to choose as dense does, right or wrong)")
     distill_weight: float = Field(1.0, gt=0, description="loss distill: weight of the KL term")
     checkpoint_every: int = Field(25, gt=0, description="Steps between resumable checkpoints")
     seed: int = 0

@@ -11,9 +11,9 @@ weights stay untouched.
 Distillation adds the KL divergence from the dense model's next-token distribution on token blocks of the
 task's calibration text and of general text (Minitron's recovery), so the pruned model relearns what the
 removed units did and not only the answers. ``agree`` keeps only a KL term, on the calibration rows themselves
-(query and right answer, every position): the pruned model is taught to answer as dense does, where dense is
-wrong too, which is what an accuracy budget judged on paired answers asks; it costs one teacher forward pass
-of the short rows per step.
+at the positions that predict the answer's tokens (where the choices are told apart): the pruned model is taught
+to answer as dense does, where dense is wrong too, which is what an accuracy budget judged on paired answers
+asks; it costs one teacher forward pass of the short rows per step.
 
 A checkpoint (the trained weights: adapter or all, optimizer, step, loss history, RNG state) is written
 every ``checkpoint_every`` steps; a killed run started again with the same inputs
@@ -133,15 +133,21 @@ class Distillation:
 
     def loss(self, model, step: int, batch_size: int, seed: int, device: str) -> torch.Tensor:
         ids = self.blocks[batch_indices(len(self.blocks), batch_size, step, seed + 1)].to(device)
-        return self.weight * self.agreement(model, {"input_ids": ids,
-                                                    "attention_mask": torch.ones_like(ids)})
+        return self.weight * self.kl(model, ids, torch.ones_like(ids), torch.ones(ids.shape, dtype=torch.bool,
+                                                                                  device=ids.device))
 
     def agreement(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """KL(teacher || student) of the next-token distributions at every attended position of ``batch``."""
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+        """KL(teacher || student) of the next-token distributions at the positions of ``batch`` that predict an
+        answer token (its labels): where the choices of a question are told apart."""
+        predicts_answer = torch.zeros_like(batch["labels"], dtype=torch.bool)
+        predicts_answer[:, :-1] = batch["labels"][:, 1:] != -100
+        return self.kl(model, batch["input_ids"], batch["attention_mask"], predicts_answer)
+
+    def kl(self, model, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        inputs = {"input_ids": ids, "attention_mask": attention, "use_cache": False}
         with torch.no_grad():
             teacher = self.teacher(**inputs).logits
-        return distill_loss(model(**inputs).logits, teacher, batch["attention_mask"].bool())
+        return distill_loss(model(**inputs).logits, teacher, positions)
 
 
 @dataclass
@@ -166,7 +172,7 @@ def make_trainable(model, arch, cfg: RecoverConfig, teacher=None, blocks: torch.
         what += f", distilled from the dense model on {len(blocks)} task and general text blocks"
     elif cfg.loss == "agree":
         distill = Distillation(teacher, None)
-        what += ", taught to agree with the dense model (KL on the calibration rows)"
+        what += ", taught to agree with the dense model (KL where the calibration rows' answers are predicted)"
     return Trainable(trained, count, what, distill)
 
 
