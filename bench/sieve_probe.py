@@ -143,6 +143,10 @@ def matrix_errors(model, arch, factors: dict[str, Factors], fraction: float, pro
     return {kind: sum(errors) / len(errors) for kind, errors in by_kind.items()}
 
 
+def chunked(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("project", type=Path)
@@ -154,6 +158,9 @@ def main() -> None:
                         help="also token-weighted with post-normed outputs weighed by 1 / the residual's mean square")
     parser.add_argument("--accuracy", action="store_true",
                         help="also each setting's task accuracy on the validation split (lm-eval, as the frontier)")
+    parser.add_argument("--calibration", action="store_true",
+                        help="also each setting's accuracy and answer-position KL to dense on the calibration rows "
+                             "(what the product could choose a weighting by without the validation split)")
     parser.add_argument("--prompts", type=int, default=24)
     args = parser.parse_args()
     env.apply()
@@ -212,6 +219,19 @@ def main() -> None:
 
                 measured = run_lm_eval(probe, tokenizer, artifacts / "data/task_validation.jsonl", 16, None, "cpu")
                 accuracy = f"; validation accuracy {measured['task_accuracy']:.3f}"
+            if args.calibration:
+                from taskprune.data.answers import collate, encode
+                from taskprune.data.schema import read_jsonl
+                from taskprune.evaluation.accuracy import run_lm_eval
+                from taskprune.recovery import Distillation
+
+                calib = artifacts / "data/task_calib.jsonl"
+                batches = [collate(encode(tokenizer, rows, 256), tokenizer.pad_token_id or 0)
+                           for rows in chunked(read_jsonl(calib), 16)]
+                with torch.no_grad():
+                    kl = sum(float(Distillation(model, None).agreement(probe, b)) for b in batches) / len(batches)
+                measured = run_lm_eval(probe, tokenizer, calib, 16, None, "cpu")
+                accuracy += f"; calibration accuracy {measured['task_accuracy']:.3f}, answer KL to dense {kl:.4f}"
             print(f"fraction {fraction} {kind or 'all kinds'} ({label}): logits moved {sum(moved[:n]) / n:.3f} on task "
                   f"prompts, {sum(moved[n:]) / len(general):.3f} on general text; top-1 agreement "
                   f"{sum(agree) / n:.2f}{accuracy}", flush=True)
