@@ -223,13 +223,18 @@ def main() -> None:
                 from taskprune.data.answers import collate, encode
                 from taskprune.data.schema import read_jsonl
                 from taskprune.evaluation.accuracy import run_lm_eval
-                from taskprune.recovery import Distillation
+                from taskprune.recovery import distill_loss
 
                 calib = artifacts / "data/task_calib.jsonl"
                 batches = [collate(encode(tokenizer, rows, 256), tokenizer.pad_token_id or 0)
                            for rows in chunked(read_jsonl(calib), 16)]
+                kl = 0.0
                 with torch.no_grad():
-                    kl = sum(float(Distillation(model, None).agreement(probe, b)) for b in batches) / len(batches)
+                    for batch in batches:  # at the positions that predict an answer token
+                        where = torch.zeros_like(batch["labels"], dtype=torch.bool)
+                        where[:, :-1] = batch["labels"][:, 1:] != -100
+                        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+                        kl += float(distill_loss(probe(**inputs).logits, model(**inputs).logits, where)) / len(batches)
                 measured = run_lm_eval(probe, tokenizer, calib, 16, None, "cpu")
                 accuracy += f"; calibration accuracy {measured['task_accuracy']:.3f}, answer KL to dense {kl:.4f}"
             print(f"fraction {fraction} {kind or 'all kinds'} ({label}): logits moved {sum(moved[:n]) / n:.3f} on task "

@@ -270,19 +270,12 @@ class RecoverConfig(_Strict):
     merge: bool = Field(True, description="Merge the adapter and re-apply the mask; false keeps it apart")
     train: Literal["lora", "full"] = Field("lora", description="lora (an adapter, merged or kept apart) or full "
                                                                "(every remaining weight is trained)")
-    loss: Literal["answer", "distill", "agree"] = Field(
-        "answer", description="answer (log-likelihood of the right answer), distill (that plus the KL divergence "
-                              "from the dense model's next-token distribution on task and general calibration text) "
-                              "or agree (only that KL, on the calibration rows themselves where their answer is "
-                              "predicted: the pruned model learns to choose as dense does, right or wrong)")
+    loss: Literal["answer", "distill"] = Field(
+        "answer", description="answer (log-likelihood of the right answer) or distill (that plus the KL divergence "
+                              "from the dense model's next-token distribution on task and general calibration text)")
     distill_weight: float = Field(1.0, gt=0, description="loss distill: weight of the KL term")
     checkpoint_every: int = Field(25, gt=0, description="Steps between resumable checkpoints")
     seed: int = 0
-
-    @property
-    def teacher(self) -> bool:
-        """Whether training needs the dense model (as the teacher of distill or agree)."""
-        return self.loss in ("distill", "agree")
 
     @model_validator(mode="after")
     def _merge_needs_lora(self) -> RecoverConfig:

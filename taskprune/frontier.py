@@ -69,7 +69,7 @@ class Frontier:
     def needs_dense(params: Params) -> bool:
         """Whether the dense model stays in memory beside each point: only as the teacher of distillation (decode
         timing loads each model from disk for its rounds); otherwise the frontier holds one model."""
-        return params.recover.enabled and params.recover.teacher
+        return params.recover.enabled and params.recover.loss == "distill"
 
     def evaluate(self, model) -> dict:
         """Validation accuracy and per-item correctness (lm-eval)."""
@@ -99,13 +99,12 @@ class Frontier:
 
     def recover(self, params: Params, model, masks, label: str):
         cfg = params.recover
-        blocks = None
+        teacher = blocks = None
         if cfg.loss == "distill":
             if self.blocks is None:
                 parts = calibration_blocks(self.project, params.calibration, self.tokenizer)
                 self.blocks = torch.cat([parts["task"], parts["general"]])
-            blocks = self.blocks
-        teacher = self.dense if cfg.teacher else None
+            teacher, blocks = self.dense, self.blocks
         made = make_trainable(model, self.arch, cfg, teacher, blocks)
         train = read_jsonl(self.project.data / "task_calib.jsonl")
         if cfg.train == "lora":  # an adapter is small: kept, so the recover stage need not train the chosen again

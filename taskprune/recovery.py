@@ -10,10 +10,7 @@ weights stay untouched.
 
 Distillation adds the KL divergence from the dense model's next-token distribution on token blocks of the
 task's calibration text and of general text (Minitron's recovery), so the pruned model relearns what the
-removed units did and not only the answers. ``agree`` keeps only a KL term, on the calibration rows themselves
-at the positions that predict the answer's tokens (where the choices are told apart): the pruned model is taught
-to answer as dense does, where dense is wrong too, which is what an accuracy budget judged on paired answers
-asks; it costs one teacher forward pass of the short rows per step.
+removed units did and not only the answers.
 
 A checkpoint (the trained weights: adapter or all, optimizer, step, loss history, RNG state) is written
 every ``checkpoint_every`` steps; a killed run started again with the same inputs
@@ -128,26 +125,15 @@ class Distillation:
     """The dense model as teacher and the text it is matched on (token blocks of task and general text)."""
 
     teacher: object
-    blocks: torch.Tensor | None
+    blocks: torch.Tensor
     weight: float = 1.0
 
     def loss(self, model, step: int, batch_size: int, seed: int, device: str) -> torch.Tensor:
         ids = self.blocks[batch_indices(len(self.blocks), batch_size, step, seed + 1)].to(device)
-        return self.weight * self.kl(model, ids, torch.ones_like(ids), torch.ones(ids.shape, dtype=torch.bool,
-                                                                                  device=ids.device))
-
-    def agreement(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """KL(teacher || student) of the next-token distributions at the positions of ``batch`` that predict an
-        answer token (its labels): where the choices of a question are told apart."""
-        predicts_answer = torch.zeros_like(batch["labels"], dtype=torch.bool)
-        predicts_answer[:, :-1] = batch["labels"][:, 1:] != -100
-        return self.kl(model, batch["input_ids"], batch["attention_mask"], predicts_answer)
-
-    def kl(self, model, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        inputs = {"input_ids": ids, "attention_mask": attention, "use_cache": False}
         with torch.no_grad():
-            teacher = self.teacher(**inputs).logits
-        return distill_loss(model(**inputs).logits, teacher, positions)
+            teacher = self.teacher(input_ids=ids, use_cache=False).logits
+        student = model(input_ids=ids, use_cache=False).logits
+        return self.weight * distill_loss(student, teacher, torch.ones(ids.shape, dtype=torch.bool, device=device))
 
 
 @dataclass
@@ -162,7 +148,7 @@ class Trainable:
 
 def make_trainable(model, arch, cfg: RecoverConfig, teacher=None, blocks: torch.Tensor | None = None) -> Trainable:
     """A LoRA adapter on every prunable linear, or every weight; with ``loss: distill`` the dense ``teacher``
-    and the calibration ``blocks`` it is matched on, with ``loss: agree`` the ``teacher`` alone."""
+    and the calibration ``blocks`` it is matched on."""
     trained = lora_model(model, arch, cfg) if cfg.train == "lora" else full_model(model, cfg)
     count = sum(p.numel() for p in trained.parameters() if p.requires_grad)
     what = f"LoRA r={cfg.rank} on {len(lora_targets(model, arch))} modules" if cfg.train == "lora" else "all weights"
@@ -170,22 +156,16 @@ def make_trainable(model, arch, cfg: RecoverConfig, teacher=None, blocks: torch.
     if cfg.loss == "distill":
         distill = Distillation(teacher, blocks, cfg.distill_weight)
         what += f", distilled from the dense model on {len(blocks)} task and general text blocks"
-    elif cfg.loss == "agree":
-        distill = Distillation(teacher, None)
-        what += ", taught to agree with the dense model (KL where the calibration rows' answers are predicted)"
     return Trainable(trained, count, what, distill)
 
 
 def train_recovery(model, tokenizer, train: list[Example], cfg: RecoverConfig, checkpoint_dir: Path,
                    device: str, stop_after: int | None = None, distill: Distillation | None = None) -> TrainResult:
     """Train ``model``'s trainable parameters (a LoRA adapter, or every weight) for ``cfg.steps`` steps on the
-    answer loss (plus, with ``loss: distill``, the KL to the dense model on its blocks; with ``loss: agree``, only
-    the KL on the rows themselves), resuming from ``checkpoint_dir``.
+    answer loss (plus, with ``distill``, the KL to the dense model), resuming from ``checkpoint_dir``.
 
     ``stop_after`` ends the loop early (after that many steps in total), as a kill would; tests use it.
     """
-    if cfg.teacher and distill is None:
-        raise ValueError(f"recover.loss {cfg.loss} trains against the dense model: pass it (make_trainable)")
     torch.manual_seed(cfg.seed)
     data = encode(tokenizer, train, cfg.max_len)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -203,17 +183,13 @@ def train_recovery(model, tokenizer, train: list[Example], cfg: RecoverConfig, c
         print(f"recover: resuming from the checkpoint at step {start} of {cfg.steps}")
     model.train()
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    desc = f"{'LoRA' if cfg.train == 'lora' else 'full'} recovery{f' ({cfg.loss})' if distill else ''}"
+    desc = f"{'LoRA' if cfg.train == 'lora' else 'full'} recovery{' (distill)' if distill else ''}"
     bar = tqdm(range(start, end), desc=desc, unit="step", initial=start, total=cfg.steps)
     for step in bar:
         batch = collate([data[i] for i in batch_indices(len(data), cfg.batch_size, step, cfg.seed)], pad_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
+        loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
         record = {"step": step + 1}
-        if cfg.loss == "agree":
-            loss = distill.agreement(model, batch)
-        else:
-            loss = model(**batch).loss
-        if cfg.loss == "distill":
+        if distill is not None:
             kl = distill.loss(model, step, cfg.batch_size, cfg.seed, device)
             record["answer_loss"], record["distill_loss"] = round(loss.item(), 5), round(kl.item(), 5)
             loss = loss + kl

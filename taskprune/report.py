@@ -64,7 +64,7 @@ def with_paired_decode(sides: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
 def recovery_name(recovery: dict) -> str:
     """How the model was recovered, in a few words: "LoRA", "full fine-tuning", "... distilled"."""
     name = "LoRA" if recovery.get("train", "lora") == "lora" else "full fine-tuning"
-    return name + {"distill": ", distilled", "agree": ", taught to agree with dense"}.get(recovery.get("loss"), "")
+    return name + (", distilled" if recovery.get("loss") == "distill" else "")
 
 
 def recovery_result(recovery: dict, metrics: dict) -> str:

@@ -2,8 +2,7 @@
 
 Disabled (the default): writes only a stage.json saying so. Enabled: trains LoRA on every linear
 inside the prunable ones (both factors of a factorized linear), or every weight (``train: full``), on the
-answer loss, also distilled from the dense model (``loss: distill``) or only taught to agree with it on the
-calibration rows (``loss: agree``), then saves, in the pruned model's own
+answer loss or also distilled from the dense model (``loss: distill``), then saves, in the pruned model's own
 format and with its config unchanged, either the merged model with the pruning masks re-applied (when the
 result has masks), or the untouched pruned weights plus the adapter in ``adapter/`` (``merge: false``).
 Checkpoints live in
@@ -51,9 +50,8 @@ def run(params: Params, project: Project) -> None:
     model, tokenizer, arch = load_local(project.pruned_model, device, owned=True)  # trained
     config = model.config.to_dict()
     teacher = blocks = None
-    if cfg.teacher:
-        teacher = load_local(project.dense_model, device)[0]
     if cfg.loss == "distill":
+        teacher = load_local(project.dense_model, device)[0]
         blocks = calibration_blocks(project, params.calibration, tokenizer)
         blocks = torch.cat([blocks["task"], blocks["general"]])
     made = make_trainable(model, arch, cfg, teacher, blocks)
