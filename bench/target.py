@@ -11,7 +11,7 @@ score, search, prune (and recover) stages at that level and evaluated on the tes
 chosen model is timed next to dense at the end (all models in one process, rounds interleaved, median).
 
     .venv/bin/python bench/target.py [--tasks capital sentiment file:bench/tasks/topics.jsonl]
-        [--methods structured sieve] [--budgets 0.02 0.05] [--levels ...] [--refine 2] [--recover]
+        [--methods structured sieve] [--budgets 0.02 0.05] [--levels ...] [--refine 2] [--recover] [--set KEY=VALUE ...]
         [--out bench/results/target.md]
 
 Needs the dense model: run `taskprune stage fetch_model` (or `taskprune run`) first.
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--validation", type=float, default=0.2, help="task.validation_fraction")
     parser.add_argument("--recover", action="store_true", help="recovery in the loop (recover.* of params.yaml)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="more params.yaml overrides for every task, e.g. recover.loss=agree")
+                        help="more params.yaml overrides for every task, e.g. recover.steps=300")
     parser.add_argument("--decode-rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("bench/results/target.md"))
     parser.add_argument("--compare-search", type=int, default=0, metavar="STEPS",
