@@ -39,8 +39,8 @@ def evaluate_model(params: Params, project: Project, which: str) -> dict:
     model, tokenizer, arch = load_local(directory, device)
     sizes = size_metrics(model, arch, directory)
     layers = arch.layers(model)  # before an adapter wraps the model (its hooks still see every forward pass)
-    model = with_adapter(model, directory)
-    if (directory / LORA_DIR).is_dir():  # recovered with merge: false: the pruned weights + a LoRA adapter
+    bare, model = model, with_adapter(model, directory)
+    if model is not bare:  # recovered with merge: false: the pruned weights + a LoRA adapter
         lora = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
         sizes.update(params=sizes["params"] + lora, nonzero_params=sizes["nonzero_params"] + lora,
                      adapter_params=lora,
@@ -58,7 +58,7 @@ def evaluate_model(params: Params, project: Project, which: str) -> dict:
         sequences = drift_sequences(tokenizer, read_jsonl(project.data / "task_test.jsonl"), held_out)
         # where, layer by layer, the compressed model departs from dense
         result["drift"] = layer_drift(model, layers, dense, arch.layers(dense), sequences, device, removed)
-        del model, layers, dense
+        del model, bare, layers, dense
         gc.collect()
         # decode timed next to dense, rounds interleaved, each loaded for its own timing (one in memory at a time)
         result["decode"] = paired_decode(lambda: with_adapter(load_local(directory, device, owned=True)[0], directory),
