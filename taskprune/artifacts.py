@@ -35,6 +35,12 @@ class Artifacts:
 
         return {side: load_moments(self.project.moments / side) for side in sides}
 
+    def tokenizer(self):
+        """The dense model's tokenizer (loaded once)."""
+        from taskprune.models.loading import load_tokenizer
+
+        return self.kept("tokenizer", lambda: load_tokenizer(self.project.dense_model))
+
     def blocks(self, tokenizer, cfg, sides) -> dict:
         """Calibration token blocks of ``sides`` (layer-by-layer methods re-walk them)."""
         from taskprune.calibration.blocks import calibration_blocks

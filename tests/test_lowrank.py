@@ -114,3 +114,124 @@ def test_reload_refuses_weights_that_do_not_match_the_ranks(tiny_llama_dir, tmp_
     (tmp_path / "lowrank.json").write_text(json.dumps(spec))
     with pytest.raises(Exception, match="size mismatch|do not match"):
         load_factorized(tmp_path)
+
+
+
+def test_a_relative_moment_factors_for_the_error_each_token_keeps_after_a_norm():
+    """A norm after a linear divides each token's output by its RMS, so what a factorization changes there is each
+    token's relative error. A few tokens with large outputs, from other directions (as a model's attention sinks),
+    dominate the plain moment; factors from the relative moment leave far less of the error after the norm."""
+    from taskprune.calibration.accumulators import RelativeMoment
+
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(32, 48, generator=gen)
+    few = torch.randn(100, 48, generator=gen) @ torch.randn(48, 48, generator=gen) * torch.logspace(0, -3, 48)
+    x = torch.cat([30 * few, torch.randn(900, 48, generator=gen)])
+    relative = RelativeMoment(48, None)
+    relative.add(x, x @ weight.T)
+
+    def error_after_norm(moment):
+        factors = whitened_factors(weight, moment, 0.01)
+        approx = factors.up[:, :12].double() @ factors.down[:12].double()
+        delta, y = x.double() @ (weight.double() - approx).T, x.double() @ weight.double().T
+        return float((delta.pow(2).mean(-1) / (y.pow(2).mean(-1) + 1e-6)).mean())
+
+    assert error_after_norm(relative.sum) < 0.8 * error_after_norm(x.T @ x)  # 0.28 vs 0.40
+
+
+def test_sieve_factors_come_from_both_moments_where_a_norm_follows(tokenizer_dir, tmp_path):
+    """Gemma-3: the linears whose output a norm rescales (q, k, o, down) get factors from calibration's plain and
+    relative moments (``key`` and ``key + RELATIVE``), the others (v, gate, up) from the plain ones only."""
+    from conftest import make_tiny_model
+    from taskprune.calibration import MomentWriter, collect_input_square_sums, load_moments
+    from taskprune.calibration.accumulators import RELATIVE
+    from taskprune.lowrank import sieve_factors
+
+    model, tokenizer, arch = load_local(make_tiny_model("gemma3", tokenizer_dir, tmp_path / "gemma3"))
+    ids = torch.randint(0, len(tokenizer), (4, 16), generator=torch.Generator().manual_seed(0))
+    collect_input_square_sums(model, arch, ids, batch_size=4, moments=MomentWriter(tmp_path / "task", {}))
+    moments = load_moments(tmp_path / "task")
+    factors = sieve_factors(model, arch, {"task": moments}, 0.0, 0.01)
+    linears = arch.named_linears(model)
+    assert set(factors) == set(moments)
+    assert {key.split(".", 1)[1] for key in factors if key not in linears} == {
+        "self_attn.q_proj:relative", "self_attn.k_proj:relative", "self_attn.o_proj:relative", "mlp.down_proj:relative"}
+    for which, made in factors.items():
+        weight = arch.weight(linears[which.removesuffix(RELATIVE)])
+        assert torch.equal(made.up, whitened_factors(weight, mixed_moment(None, moments[which], 0.0), 0.01,
+                                                     max_rank=made.up.shape[1]).up), which
+    key = next(k for k in linears if k + RELATIVE in factors)
+    assert not torch.allclose(factors[key].up, factors[key + RELATIVE].up)  # the weighting changes them
+
+
+@pytest.fixture(scope="module")
+def sieve_gemma(tokenizer_dir, tmp_path_factory):
+    """The stages on a tiny Gemma-3 with sieve at a uniform level (fixed-level mode)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import behaviour
+    from conftest import make_tiny_model, write_general_text
+    from taskprune.data import builtin
+    from taskprune.paths import Project
+
+    tmp = tmp_path_factory.mktemp("sieve-gemma")
+    task = tmp / "task.jsonl"
+    task.write_text("".join(json.dumps(ex.to_row()) + "\n" for ex in builtin.sentiment(0)[:80]))
+    behaviour.run_config(tmp, "run", {"prune.method": "sieve", "search.target_reduction": 0.5},
+                         make_tiny_model("gemma3", tokenizer_dir, tmp / "gemma3"), task,
+                         write_general_text(tmp / "general.txt"))
+    return Project(tmp / "run")
+
+
+def test_sieve_keeps_the_moment_weighting_that_answers_more_calibration_rows(sieve_gemma):
+    """Both weightings are scored on the calibration rows (lm-eval), the record says which was kept, and the
+    checkpoint holds that one's factors."""
+    import json
+
+    from taskprune.calibration.accumulators import RELATIVE
+    from taskprune.lowrank import load_factors
+
+    record = json.loads((sieve_gemma.pruned_model / "stage.json").read_text())
+    accuracy = record["calibration_accuracy"]
+    assert record["moment_weighting"] == ("token-weighted" if accuracy["token-weighted"] > accuracy["plain"]
+                                          else "plain")
+    factors = load_factors(sieve_gemma.updates / "factors.safetensors")
+    model, _, arch = load_local(sieve_gemma.pruned_model)
+    suffix = RELATIVE if record["moment_weighting"] == "token-weighted" else ""
+    checked = 0
+    for key, module in arch.named_linears(model).items():
+        if isinstance(module, FactorizedLinear):
+            which = key + suffix if key + suffix in factors else key
+            assert torch.equal(module.up.weight, factors[which].at_rank(module.rank)[0]), key
+            checked += 1
+    assert checked
+
+
+@pytest.mark.parametrize("scores,kept", [((0.5, 0.75), "token-weighted"), ((0.75, 0.5), "plain"),
+                                         ((0.5, 0.5), "plain")])
+def test_the_weighting_choice_keeps_the_better_and_puts_the_plain_factors_back(sieve_gemma, monkeypatch, scores,
+                                                                              kept):
+    """The prune step's choice, with the calibration scores given: the loser's factors do not stay in the model."""
+    from taskprune.artifacts import Artifacts
+    from taskprune.calibration.accumulators import RELATIVE
+    from taskprune.config import load
+    from taskprune.evaluation import accuracy
+    from taskprune.methods.sieve import Sieve
+
+    given = iter(scores)
+    monkeypatch.setattr(accuracy, "run_lm_eval", lambda *args: {"task_accuracy": next(given)})
+    params, inputs = load(sieve_gemma.params_file), Artifacts(sieve_gemma)
+    model, _, arch = load_local(sieve_gemma.dense_model, owned=True)
+    result = Sieve().prune(params, model, arch, inputs)
+    assert result.facts["moment_weighting"] == kept
+    assert result.facts["calibration_accuracy"] == dict(zip(("plain", "token-weighted"), scores))
+    factors, suffix = inputs.factors(), RELATIVE if kept == "token-weighted" else ""
+    weighted = 0
+    for key, module in arch.named_linears(result.model).items():
+        if isinstance(module, FactorizedLinear) and key + RELATIVE in factors:
+            assert torch.equal(module.down.weight, factors[key + suffix].at_rank(module.rank)[1]), key
+            weighted += 1
+    assert weighted

@@ -159,8 +159,11 @@ def test_provenance_names_the_base_model_and_its_licence(tmp_path):
 
 def test_second_moments_are_written_layer_by_layer_and_read_one_matrix_at_a_time(tiny_model_dir, tmp_path):
     """Calibration hands each layer's x x^T to the writer as soon as that layer is done (never the whole model's
-    at once); the files read back lazily to the moments of a whole-model forward, q/k/v (and gate/up) sharing one."""
+    at once); the files read back lazily to the moments of a whole-model forward, q/k/v (and gate/up) sharing one.
+    Where a norm divides a linear's output by its RMS (Gemma-3: per-head q/k norms, post-attention and
+    post-feed-forward norms), also that input moment with each token weighed by 1 / its output's mean square."""
     from taskprune.calibration import MomentWriter, load_moments
+    from taskprune.calibration.accumulators import RELATIVE
 
     model, tokenizer, arch = load_local(tiny_model_dir)
     torch.manual_seed(0)
@@ -175,20 +178,33 @@ def test_second_moments_are_written_layer_by_layer_and_read_one_matrix_at_a_time
     layers = len(arch.layers(model))
     assert handed == [(i, [str(i)]) for i in range(layers)]  # one call per layer, with that layer's keys only
     moments = load_moments(tmp_path / "task")
-    assert set(moments) == set(stats) and len(list((tmp_path / "task").glob("*.safetensors"))) == layers
+    normalized = {f"{i}.{name}": width for i, layer in enumerate(arch.layers(model))
+                  for name, width in arch.output_norms(layer).items()}
+    gemma = {"self_attn.q_proj": 16, "self_attn.k_proj": 16, "self_attn.o_proj": None, "mlp.down_proj": None}
+    assert normalized == ({f"{i}.{name}": width for i in range(layers) for name, width in gemma.items()}
+                          if model.config.model_type == "gemma3_text" else {})
+    assert set(moments) == set(stats) | {key + RELATIVE for key in normalized}
+    assert len(list((tmp_path / "task").glob("*.safetensors"))) == layers
     expected = {}
     handles = []
     for key, module in arch.named_linears(model).items():
-        def hook(_m, inputs, _out, key=key):
+        def hook(_m, inputs, out, key=key):
             x = inputs[0].reshape(-1, inputs[0].shape[-1]).double()
             expected[key] = expected.get(key, 0) + x.T @ x
+            if key in normalized:  # each piece (head, or the whole output) divided by its own RMS
+                y = out.reshape(len(x), -1).double()
+                pieces = y.reshape(len(y), -1, normalized[key] or y.shape[-1]).pow(2).mean(-1)
+                weight = (1 / (pieces + 1e-6)).mean(-1)
+                expected[key + RELATIVE] = expected.get(key + RELATIVE, 0) + (x * weight[:, None]).T @ x
         handles.append(module.register_forward_hook(hook))
     with torch.no_grad():
         model(input_ids, use_cache=False)
     for handle in handles:
         handle.remove()
+    for key in moments:  # float32 sums: off-diagonal entries near zero get an absolute slack of the moment's scale
+        scale = float(expected[key].abs().max())
+        assert torch.allclose(moments[key].double(), expected[key], rtol=1e-4, atol=1e-4 + 1e-6 * scale), key
     for key in stats:
-        assert torch.allclose(moments[key].double(), expected[key], rtol=1e-4, atol=1e-4), key
         assert torch.allclose(torch.diagonal(moments[key]).double(), stats[key].double(), rtol=1e-4, atol=1e-5)
     first = next(iter(arch.named_linears(model)))
     assert moments[first] is not moments[first]  # read from disk on each lookup, not held

@@ -1,7 +1,9 @@
 """Running statistics of every decoder linear's inputs, collected during the layer walk (walk.py).
 
 Each accumulator keeps a running sum over calibration tokens: per-channel sums of squares
-(Wanda's norms), full second moments x x^T (SparseGPT's Hessians, LLM-Sieve's moments).
+(Wanda's norms), full second moments x x^T (SparseGPT's Hessians, LLM-Sieve's moments), and for a linear
+whose output a norm rescales token by token, the moment with each token weighed by 1 / its output's mean square
+(``RELATIVE``).
 Linears that read the same input (q/k/v, gate/up) share one computation of its contribution.
 """
 
@@ -64,24 +66,55 @@ class Moments:
         self.hessian.add(contribution[1], tokens)
 
 
-def accumulate_inputs(step: LayerPass, arch: Architecture, side: str, make: Callable[[int], object]) -> dict:
-    """Run ``step``'s layer on one side with an accumulator (``make(in_features)``) on every linear's input.
+RELATIVE = ":relative"  # moment key suffix: ``"<layer>.<name>:relative"`` (RelativeMoment)
+
+
+class RelativeMoment:
+    """Running ``sum_t x_t x_t^T / (mean square of y_t + eps)`` (float32) of one linear whose output ``y`` a norm
+    divides by its RMS token by token (per piece of ``width``, e.g. each head, with the pieces' weights averaged;
+    ``width`` None: the whole output). To first order, what reaches the model is then the error relative to each
+    token's output, ``(W - W') x_t / rms(y_t)``; the plain moment weighs tokens by their absolute size instead, so
+    a few tokens with large outputs dominate it."""
+
+    eps = 1e-6  # the norms' own (Gemma-3, Qwen3)
+
+    def __init__(self, in_features: int, width: int | None):
+        self.sum = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self.width = width
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        y = y.reshape(len(x), -1).float()
+        pieces = y.view(len(y), -1, self.width or y.shape[-1]).pow(2).mean(-1)
+        weight = (1 / (pieces + self.eps)).mean(-1)
+        self.sum += ((x * weight[:, None]).T @ x).cpu()
+
+
+def accumulate_inputs(step: LayerPass, arch: Architecture, side: str, make: Callable[[int], object],
+                      relative: dict[str, int | None] | None = None) -> dict:
+    """Run ``step``'s layer on one side with an accumulator (``make(in_features)``) on every linear's input; with
+    ``relative`` (``Architecture.output_norms``), also a ``RelativeMoment`` of each linear named there, under the
+    key ``name + RELATIVE``.
 
     Linears that read the same input tensor (q/k/v, gate/up) share one computation of its contribution.
     """
     linears = arch.linears(step.layer)
     accs = {name: make(arch.in_features(module)) for name, module in linears.items()}
+    for name, width in (relative or {}).items():
+        accs[name + RELATIVE] = RelativeMoment(arch.in_features(linears[name]), width)
     last: dict = {"input": None, "contribution": None}
 
-    def hook(acc, inp):
+    def hook(name, inp, out):
         x = inp[0]
         if last["input"] is not x:
-            last["input"], last["contribution"] = x, acc.contribution(x)
-        acc.add(last["contribution"], x.numel() // x.shape[-1])
+            last["input"], last["contribution"] = x, accs[name].contribution(x)
+        accs[name].add(last["contribution"], x.numel() // x.shape[-1])
+        if name + RELATIVE in accs:
+            accs[name + RELATIVE].add(x, out)
 
     with hooks_removed_on_exit() as handles:
         for name, module in linears.items():
-            handles.append(module.register_forward_hook(lambda _m, inp, _out, a=accs[name]: hook(a, inp)))
+            handles.append(module.register_forward_hook(lambda _m, inp, out, name=name: hook(name, inp, out)))
         step.run(side)
     return accs
 
@@ -107,20 +140,25 @@ def collect_input_square_sums(model: nn.Module, arch: Architecture, input_ids: t
 
     Keys are ``"<layer index>.<linear name>"``; ``sqrt`` of a value is Wanda's ||X_j||_2.
     With ``moments`` (a callable) each layer's second moments (sum of x x^T, as LLM-Sieve's factorisation
-    and the structured refit need; linears reading one input share one tensor) are handed to it as soon as that
-    layer is done, ``moments(layer index, {key: tensor})``, so the caller writes them out and no more than one
+    and the structured refit need; linears reading one input share one tensor; for linears whose output a norm
+    rescales, also their ``RELATIVE`` moments) are handed to it as soon as that layer is done,
+    ``moments(layer index, {key: tensor})``, so the caller writes them out and no more than one
     layer's are ever held; the square sums are then taken from the moments' float64 twin.
     A list given as ``influence`` receives each layer's block influence (``block_influence``).
     """
     stats: dict[str, torch.Tensor] = {}
     for step in sequential_layers(model, arch, {"calibration": input_ids}, batch_size, device, desc):
-        accs = accumulate_inputs(step, arch, "calibration", Moments if moments else SquareSums)
+        accs = accumulate_inputs(step, arch, "calibration", Moments if moments else SquareSums,
+                                 arch.output_norms(step.layer) if moments else None)
         if influence is not None:
             influence.append(block_influence(step, "calibration"))
         layer_moments: list[torch.Tensor] = []
         second: dict[str, torch.Tensor] = {}
         for name, acc in accs.items():
             key = f"{step.index}.{name}"
+            if isinstance(acc, RelativeMoment):
+                second[key] = acc.sum
+                continue
             if not moments:
                 stats[key] = acc.sum.to(torch.float32)
                 continue

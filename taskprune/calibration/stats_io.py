@@ -70,6 +70,9 @@ class MomentFiles(Mapping):
         with safe_open(str(path), framework="pt") as fh:
             return fh.get_tensor(stored)
 
+    def __contains__(self, key) -> bool:  # without reading the tensor (Mapping's would)
+        return key in self.files
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.files)
 

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from taskprune.calibration.accumulators import RELATIVE
+
 
 @dataclass
 class Factors:
@@ -116,13 +118,22 @@ def mixed_moment(general: torch.Tensor | None, task: torch.Tensor, general_weigh
 @torch.no_grad()
 def sieve_factors(model: nn.Module, arch, moments: dict[str, dict[str, torch.Tensor]], general_weight: float,
                   damp: float, progress=None) -> dict[str, Factors]:
-    """Output-aware factors of every decoder linear, up to the break-even rank (every level is a truncation)."""
+    """Output-aware factors of every decoder linear, up to the break-even rank (every level is a truncation).
+
+    A linear whose output a norm rescales token by token also gets factors from its ``RELATIVE`` moment when
+    calibration made one (key ``key + RELATIVE``): what reaches the model there is each token's error relative to its
+    output. Neither weighting keeps more answers everywhere (on Gemma-3-270M it depends on the task and the level,
+    bench/results/target_gemma.md), so the prune step builds both and keeps the one that scores higher on the
+    calibration rows (``taskprune.methods.sieve``)."""
     factors = {}
     for key, module in arch.named_linears(model).items():
         weight = arch.weight(module)
-        h = mixed_moment(moments["general"][key] if "general" in moments else None, moments["task"][key],
-                         general_weight)
-        factors[key] = whitened_factors(weight, h, damp, max_rank=int(breakeven_rank(*weight.shape)))
+        for which in (key, key + RELATIVE):
+            if which not in moments["task"]:
+                continue
+            h = mixed_moment(moments["general"][which] if "general" in moments else None, moments["task"][which],
+                             general_weight)
+            factors[which] = whitened_factors(weight, h, damp, max_rank=int(breakeven_rank(*weight.shape)))
         if progress is not None:
             progress.update(1)
     return factors

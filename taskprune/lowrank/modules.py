@@ -82,6 +82,22 @@ def factorize_model(model: nn.Module, arch, factors: dict[str, Factors], ranks: 
     return done
 
 
+@torch.no_grad()
+def refill_factors(model: nn.Module, arch, factors: dict[str, Factors], ranks: dict[str, int | None],
+                   suffix: str) -> list[str]:
+    """In a model ``factorize_model`` made, put the factors ``key + suffix`` (at the same rank) into every
+    factorized matrix that has them, in place; returns the keys changed. ``suffix=""`` puts back the first ones."""
+    linears = arch.named_linears(model)
+    changed = []
+    for key, rank in ranks.items():
+        if rank is None or key + suffix not in factors:
+            continue
+        up, down = factors[key + suffix].at_rank(rank)
+        linears[key].up.weight.copy_(up)
+        linears[key].down.weight.copy_(down)
+        changed.append(key)
+    return changed
+
 
 def factorized_ranks(model: nn.Module) -> dict[str, int]:
     """Module path -> rank of every FactorizedLinear in ``model``."""

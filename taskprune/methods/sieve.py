@@ -1,5 +1,12 @@
 """LLM-Sieve (arXiv 2505.18350): output-aware low-rank factors W ~= B A of every decoder linear, a rank
-per matrix (uniform, or chosen by the genetic search); the result is a factorized checkpoint."""
+per matrix (uniform, or chosen by the genetic search); the result is a factorized checkpoint.
+
+Where a norm rescales a linear's output token by token (Gemma-2/3's post-norms, Gemma-3's and Qwen3's q/k norms),
+the score also makes factors from the token-weighted moment (``taskprune.calibration.accumulators.RelativeMoment``),
+and the prune step keeps, for the whole model, the weighting whose model answers more calibration rows correctly:
+on Gemma-3-270M neither weighting is better at every task and level, and that choice picked one at least as good on
+validation in 8 of 8 probed cases (bench/results/target_gemma.md). Models without such norms have one weighting.
+"""
 
 from __future__ import annotations
 
@@ -33,9 +40,12 @@ class Sieve(Method):
         with tqdm(total=len(linears), desc="sieve factors", unit="matrix") as bar:
             factors = sieve_factors(model, arch, moments, cfg.general_weight, cfg.damp, progress=bar)
         first = next(iter(linears))
-        print(f"sieve: factors of {len(factors)} matrices up to their break-even rank "
-              f"(e.g. {first}: {int(breakeven_rank(*arch.weight(linears[first]).shape))})")
-        return ScoreResult(factors=factors, notes={"general_weight": cfg.general_weight, "damp": cfg.damp})
+        weighted = len(factors) - len(linears)
+        print(f"sieve: factors of {len(linears)} matrices up to their break-even rank "
+              f"(e.g. {first}: {int(breakeven_rank(*arch.weight(linears[first]).shape))})"
+              + (f"; {weighted} followed by a norm also from token-weighted moments" if weighted else ""))
+        return ScoreResult(factors=factors, notes={"general_weight": cfg.general_weight, "damp": cfg.damp,
+                                                   **({"token_weighted_factors": weighted} if weighted else {})})
 
     def level_space(self, params, shapes):
         from taskprune.search import lowrank_space
@@ -54,7 +64,9 @@ class Sieve(Method):
         from taskprune.lowrank import factorize_model
 
         allocation = inputs.allocation()
-        ranks = factorize_model(model, arch, inputs.factors(), allocation["values"])
+        factors = inputs.factors()
+        ranks = factorize_model(model, arch, factors, allocation["values"])
+        weighting = self.weighting(params, model, arch, inputs, factors, allocation["values"])
         print(f"sieve: {len(ranks)} of {len(allocation['values'])} matrices factorized, "
               f"{allocation['reduction']:.1%} of the decoder-linear parameters removed")
         return PruneResult(
@@ -63,4 +75,32 @@ class Sieve(Method):
                         "quantity": "share of the matrix's parameters removed",
                         "values": allocation["matrix_reduction"]},
             facts=dict(method="sieve", stats="task", pattern="lowrank", target_sparsity=0.0, achieved_sparsity=0.0,
-                       reduction=allocation["reduction"], factorized=len(ranks)))
+                       reduction=allocation["reduction"], factorized=len(ranks), **weighting))
+
+    @staticmethod
+    def weighting(params, model, arch, inputs, factors: dict, values: dict) -> dict:
+        """Where the score made token-weighted factors of factorized matrices: the model with plain factors and with
+        those (same ranks) answer the calibration rows (lm-eval, as evaluation scores), and the one with more right
+        answers stays in ``model`` (plain on a tie). Returns facts for the stage record ({} when there is no choice)."""
+        from taskprune.calibration.accumulators import RELATIVE
+        from taskprune.evaluation.accuracy import run_lm_eval
+        from taskprune.lowrank import refill_factors
+
+        if not any(rank is not None and key + RELATIVE in factors for key, rank in values.items()):
+            return {}
+        rows, device = inputs.project.data / "task_calib.jsonl", str(next(model.parameters()).device)
+
+        def accuracy() -> float:
+            return run_lm_eval(model, inputs.tokenizer(), rows, params.evaluate.batch_size, None,
+                               device)["task_accuracy"]
+
+        plain = accuracy()
+        changed = refill_factors(model, arch, factors, values, RELATIVE)
+        weighted = accuracy()
+        kept = "token-weighted" if weighted > plain else "plain"
+        if kept == "plain":
+            refill_factors(model, arch, factors, values, "")
+        print(f"sieve: {len(changed)} matrices followed by a norm: calibration accuracy {plain:.3f} with plain "
+              f"moments, {weighted:.3f} with token-weighted ones; kept {kept}", flush=True)
+        return {"moment_weighting": kept, "calibration_accuracy": {"plain": round(plain, 6),
+                                                                  "token-weighted": round(weighted, 6)}}

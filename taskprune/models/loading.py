@@ -248,14 +248,19 @@ def load_local(path: Path, device: str = "cpu", owned: bool = False):
     """Load a project model directory (dense, pruned, recovered, in any format) with its architecture.
     ``owned``: for a model the caller changes in place or consumes: no weight is a view of the file's memory
     mapping, so what is replaced is freed (models/formats.py)."""
-    from transformers import AutoTokenizer
-
     check_model_dir(path)
     model = format_of(path).load(path, owned)
+    return model.to(device).eval(), load_tokenizer(path), _check_architecture(model.config, str(path))
+
+
+def load_tokenizer(path: Path):
+    """A project model directory's tokenizer, with a pad token (the end-of-sequence one where it has none)."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device).eval(), tokenizer, _check_architecture(model.config, str(path))
+    return tokenizer
 
 
 def pick_device(setting: str) -> str:

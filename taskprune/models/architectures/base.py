@@ -95,6 +95,13 @@ class Architecture:
     def in_features(self, module: nn.Module) -> int:
         return self.weight(module).shape[1]
 
+    def output_norms(self, layer: nn.Module) -> dict[str, int | None]:
+        """The linears of ``layer`` whose output an RMS norm divides, token by token, by its own size before it goes
+        on (a post-norm, or Gemma-3's and Qwen3's per-head q/k norms): name -> the width of each normalized piece
+        (a head's) or None for the whole output. What reaches the model from such a linear is its relative error per
+        token, so calibration also collects their inputs' moments weighed accordingly (``RELATIVE``)."""
+        return {}
+
     def lora_targets(self) -> list[str]:
         """PEFT ``target_modules``: the prunable linears' names within a layer (PEFT matches them as suffixes)."""
         return list(self.linear_names)

@@ -32,6 +32,11 @@ class LlamaArchitecture(Architecture):
     mlp_output = "mlp.down_proj"
     attention_output = "self_attn.o_proj"
 
+    def output_norms(self, layer: nn.Module) -> dict[str, int | None]:
+        attention = layer.self_attn  # Qwen3 and Gemma-3 normalize each head's query and key
+        return {f"self_attn.{proj}": attention.head_dim for proj, norm in (("q_proj", "q_norm"), ("k_proj", "k_norm"))
+                if hasattr(attention, norm)}
+
     def units(self, config) -> Units:
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
