@@ -187,8 +187,8 @@ def sieve_gemma(tokenizer_dir, tmp_path_factory):
 
 
 def test_sieve_keeps_the_moment_weighting_that_answers_more_calibration_rows(sieve_gemma):
-    """Both weightings are scored on the calibration rows (lm-eval), the record says which was kept, and the
-    checkpoint holds that one's factors."""
+    """Both weightings are scored on the calibration rows (lm-eval), the record (and the one-line description
+    tables show) says which was kept, and the checkpoint holds that one's factors."""
     import json
 
     from taskprune.calibration.accumulators import RELATIVE
@@ -198,6 +198,7 @@ def test_sieve_keeps_the_moment_weighting_that_answers_more_calibration_rows(sie
     accuracy = record["calibration_accuracy"]
     assert record["moment_weighting"] == ("token-weighted" if accuracy["token-weighted"] > accuracy["plain"]
                                           else "plain")
+    assert record["compression"].endswith(f", {record['moment_weighting']} moments")  # tables and titles say it
     factors = load_factors(sieve_gemma.updates / "factors.safetensors")
     model, _, arch = load_local(sieve_gemma.pruned_model)
     suffix = RELATIVE if record["moment_weighting"] == "token-weighted" else ""

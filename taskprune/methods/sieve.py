@@ -70,7 +70,8 @@ class Sieve(Method):
         print(f"sieve: {len(ranks)} of {len(allocation['values'])} matrices factorized, "
               f"{allocation['reduction']:.1%} of the decoder-linear parameters removed")
         return PruneResult(
-            model, compression=f"decoder-linear parameters -{allocation['reduction']:.1%}", sparsity=0.0,
+            model, compression=f"decoder-linear parameters -{allocation['reduction']:.1%}"
+            + (f", {weighting['moment_weighting']} moments" if weighting else ""), sparsity=0.0,
             per_matrix={"name": "reduction_per_matrix", "title": "parameters removed per matrix",
                         "quantity": "share of the matrix's parameters removed",
                         "values": allocation["matrix_reduction"]},
