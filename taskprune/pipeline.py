@@ -83,8 +83,9 @@ STAGES: tuple[Stage, ...] = (
           params=("prune", "search", "recover.max_len"),
           outs=(Out("search"),), method_code="module", orchestrated_when=ray_search),
     Stage("prune", "taskprune.stages.prune:run", "the pruned model, saved in the method's export format",
-          deps=("dense_model", "masks", "updates", "search"), outs=(Out("pruned_model", cache=False),),
-          method_code="module"),
+          # data, evaluate.batch_size: sieve chooses its moment weighting by accuracy on the calibration rows
+          deps=("dense_model", "data", "masks", "updates", "search"), params=("evaluate.batch_size",),
+          outs=(Out("pruned_model", cache=False),), method_code="module"),
     Stage("evaluate_dense", "taskprune.stages.evaluate:run", "task accuracy, perplexity, size, speed: dense",
           deps=("dense_model", "data"), params=("evaluate",), outs=(Out("eval_dense"),), options={"which": "dense"}),
     Stage("evaluate", "taskprune.stages.evaluate:run", "task accuracy, perplexity, size, speed: pruned",
