@@ -116,7 +116,6 @@ def test_reload_refuses_weights_that_do_not_match_the_ranks(tiny_llama_dir, tmp_
         load_factorized(tmp_path)
 
 
-
 def test_a_relative_moment_factors_for_the_error_each_token_keeps_after_a_norm():
     """A norm after a linear divides each token's output by its RMS, so what a factorization changes there is each
     token's relative error. A few tokens with large outputs, from other directions (as a model's attention sinks),
