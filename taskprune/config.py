@@ -110,8 +110,10 @@ class StructuredConfig(_Strict):
     reduction: float = Field(0.25, gt=0, lt=1, description="Share of the decoder-linear parameters removed")
     depth: float = Field(0.0, ge=0, le=1, description="Share of that reduction made by removing whole layers "
                                                       "(the rest: MLP channels and head groups)")
-    keep_heads: int | None = Field(None, gt=0, description="Query heads kept per layer, a whole number of KV head "
-                                                           "groups; empty = all")
+    keep_heads: int | Literal["auto"] | None = Field(
+        "auto", description="Query heads kept per layer, a whole number of KV head groups; empty = all; auto = "
+                            "every number of head groups the reduction allows is tried (the rest from MLP width) "
+                            "and the one whose model answers more calibration rows is kept")
     layer_score: Literal["skip", "influence"] = Field(
         "skip", description="Layer importance: skip (answer log-likelihood and general-text loss with the layer "
                             "skipped) or influence (1 - cosine of the layer's input and output, from calibration)")
@@ -119,6 +121,13 @@ class StructuredConfig(_Strict):
     refit: bool = Field(True, description="Refit the kept columns of each layer's output projections by least "
                                           "squares on the calibration inputs (needs their second moments)")
     damp: float = Field(0.01, gt=0, le=1, description="refit: added to the second moment's diagonal, times its mean")
+
+    @field_validator("keep_heads", mode="before")
+    @classmethod
+    def _heads(cls, value):
+        if value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError(f"expected a number of query heads > 0, 'auto' or empty, got {value!r}")
 
 
 class PruneConfig(_Strict):

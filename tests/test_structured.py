@@ -19,7 +19,7 @@ from taskprune.models.architectures import architecture_for
 from taskprune.models.architectures.base import Keep, Units
 from taskprune.models.loading import load_local
 from taskprune.scoring.task_aware import fuse_units
-from taskprune.units import unit_counts
+from taskprune.units import head_options, unit_counts
 from taskprune.units.importance import skipped
 
 SMOLLM2 = Units(layers=30, heads=9, kv_heads=3, head_dim=64, hidden=576, intermediate=1536)
@@ -90,6 +90,20 @@ def test_unit_counts_meet_the_budget_with_uniform_widths():
     assert depth.layers_removed == 8 and depth.channels_kept == 1536 and abs(depth.reduction - 0.25) < 0.02
     heads = unit_counts(SMOLLM2, StructuredConfig(reduction=0.4, depth=0.25, keep_heads=6))
     assert heads.groups_kept == 2 and heads.layers_removed == 3 and abs(heads.reduction - 0.4) < 0.005
+
+
+def test_auto_heads_offers_all_heads_and_fewer_groups_within_the_reduction():
+    assert head_options(SMOLLM2, StructuredConfig(reduction=0.05)) == [3]  # one group per layer is 8.3 %
+    assert head_options(SMOLLM2, StructuredConfig(reduction=0.1)) == [3, 2]
+    assert head_options(SMOLLM2, StructuredConfig(reduction=0.4)) == [3, 2, 1]
+    assert head_options(SMOLLM2, StructuredConfig(reduction=0.4, keep_heads=6)) == [2]
+    assert head_options(SMOLLM2, StructuredConfig(reduction=0.4, keep_heads=None)) == [3]
+    many = Units(layers=24, heads=32, kv_heads=32, head_dim=64, hidden=2048, intermediate=8192)
+    assert head_options(many, StructuredConfig(reduction=0.1)) == [32, 26, 20]  # at most three, whatever the heads
+    one = Units(layers=18, heads=4, kv_heads=1, head_dim=256, hidden=640, intermediate=2048)  # Gemma-3-270M
+    assert head_options(one, StructuredConfig(reduction=0.4)) == [1]
+    for kept in head_options(SMOLLM2, StructuredConfig(reduction=0.2)):  # each option meets the budget
+        assert abs(unit_counts(SMOLLM2, StructuredConfig(reduction=0.2), kept).reduction - 0.2) < 0.005
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -198,6 +212,29 @@ def test_a_structured_run_gives_a_smaller_checkpoint_plain_transformers_and_mlfl
     kept = [method.score(at_level(params, "structured", level), model, tokenizer_, arch, inputs).structure
             for level in (0.5, 0.6)]
     assert len(calls) == 1 and kept[0]["layer_scores"] == kept[1]["layer_scores"]
+
+    # keep_heads auto: each option is scored on the model as its smaller model computes (refitted, zeroed,
+    # layers skipped: the same logits as the surgery's), the weights are the file's again afterwards, and the
+    # option with more right calibration answers is kept (all heads on a tie)
+    from taskprune.evaluation import accuracy
+    from taskprune.models.architectures.base import Keep, Units
+
+    keep = Keep(layers=structure["layers"], channels={int(k): v for k, v in structure["channels"].items()},
+                groups={int(k): v for k, v in structure["groups"].items()})
+    ids = torch.randint(1, 200, (2, 16))
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    with torch.no_grad(), method.as_removed(params.prune, model, arch, keep, Units(**structure["units"]), inputs):
+        in_place = model(ids).logits
+    assert all(torch.equal(before[name], t) for name, t in model.state_dict().items())
+    with torch.no_grad():
+        assert torch.allclose(load_local(project.pruned_model)[0](ids).logits, in_place, rtol=0, atol=1e-5)
+    auto = at_level(config.load(project.params_file, ["prune.structured.keep_heads=auto"]), "structured", 0.5)
+    for scores, heads in (((0.5, 0.75), 2), ((0.75, 0.5), 4), ((0.5, 0.5), 4)):
+        given = iter(scores)
+        monkeypatch.setattr(accuracy, "run_lm_eval", lambda *args: {"task_accuracy": next(given)})
+        chosen = method.score(auto, model, tokenizer_, arch, inputs).structure
+        assert chosen["calibration_accuracy_by_heads"] == dict(zip(("4", "2"), scores))
+        assert chosen["counts"]["groups_kept"] * 2 == heads and chosen["layers"] == structure["layers"]
     assert kept[0]["counts"]["reduction"] < kept[1]["counts"]["reduction"]
 
 
