@@ -235,6 +235,13 @@ def test_a_structured_run_gives_a_smaller_checkpoint_plain_transformers_and_mlfl
         chosen = method.score(auto, model, tokenizer_, arch, inputs).structure
         assert chosen["calibration_accuracy_by_heads"] == dict(zip(("4", "2"), scores))
         assert chosen["counts"]["groups_kept"] * 2 == heads and chosen["layers"] == structure["layers"]
+    # options are tried from all heads down; one that answers no more rows than the best before it ends the tries
+    options = {2: keep, 1: keep, 0: keep}
+    for scores, tried in (((0.5, 0.75, 0.8), 3), ((0.5, 0.5), 2), ((0.75, 0.5), 2)):
+        given = iter(scores)
+        monkeypatch.setattr(accuracy, "run_lm_eval", lambda *args: {"task_accuracy": next(given)})
+        assert list(method.heads_accuracy(auto, model, tokenizer_, arch, inputs, Units(**structure["units"]),
+                                          options).values()) == list(scores[:tried])
     assert kept[0]["counts"]["reduction"] < kept[1]["counts"]["reduction"]
 
 

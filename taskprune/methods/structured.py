@@ -132,18 +132,24 @@ class Structured(Method):
 
     def heads_accuracy(self, params, model, tokenizer, arch, inputs, units, keeps: dict) -> dict[int, float]:
         """Calibration accuracy (lm-eval on the calibration rows, as evaluation scores) of the model each option
-        (KV head groups kept -> ``Keep``) makes, computed on ``model`` as the smaller one computes
-        (``as_removed``), so no second model is held."""
+        (KV head groups kept -> ``Keep``, all heads first) makes, computed on ``model`` as the smaller one computes
+        (``as_removed``), so no second model is held. An option that answers no more rows than the best before it
+        ends the tries: fewer heads than that are not scored."""
         from taskprune.evaluation.accuracy import run_lm_eval
 
         rows, device = inputs.project.data / "task_calib.jsonl", str(next(model.parameters()).device)
         accuracy = {}
         for kept, keep in keeps.items():
             with self.as_removed(params.prune, model, arch, keep, units, inputs):
-                accuracy[kept] = run_lm_eval(model, tokenizer, rows, params.evaluate.batch_size, None,
-                                             device)["task_accuracy"]
+                value = run_lm_eval(model, tokenizer, rows, params.evaluate.batch_size, None, device)["task_accuracy"]
+            better = not accuracy or value > max(accuracy.values())
+            accuracy[kept] = value
+            if not better:
+                break
+        untried = [kept * units.group_size for kept in keeps if kept not in accuracy]
         print("structured: calibration accuracy by query heads kept per layer: " + ", ".join(
-            f"{kept * units.group_size} of {units.heads}: {value:.3f}" for kept, value in accuracy.items()),
+            f"{kept * units.group_size} of {units.heads}: {value:.3f}" for kept, value in accuracy.items())
+            + (f" ({', '.join(map(str, untried))} not tried: fewer heads stopped helping)" if untried else ""),
             flush=True)
         return accuracy
 
