@@ -65,13 +65,14 @@ def main() -> None:
             frontier.params = config.load(project.params_file, base + settings)
             point = judge(frontier.make("structured", level), frontier.params, frontier.dense_accuracy)
             structure = frontier.scores[next(iter(frontier.scores))].structure
-            heads = structure["counts"]["groups_kept"] * structure["units"]["group_size"]
+            units = structure["units"]
+            heads = structure["counts"]["groups_kept"] * units["heads"] // units["kv_heads"]
             rows.append((label, ", ".join(settings) or "(defaults)", level, point, len(structure["removed_layers"]),
                          structure["counts"]["channels_kept"], heads))
             print(f"{label} at {level:g}: validation {point.validation_accuracy:.3f} (dense "
                   f"{frontier.dense_accuracy:.3f}), bound {point.accuracy_bound:.3f}, {point.reduction:.1%} fewer",
                   flush=True)
-        dense, units = frontier.dense_accuracy, structure["units"]
+        dense = frontier.dense_accuracy
     floor = dense * (1 - args.budget)
     lines = [f"| point | settings | level | layers removed | MLP width (of {units['intermediate']}) | query heads "
              f"(of {units['heads']}) | decoder-linear params removed | validation acc (dense {dense:.3f}) | "
