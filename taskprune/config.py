@@ -112,8 +112,8 @@ class StructuredConfig(_Strict):
                                                       "(the rest: MLP channels and head groups)")
     keep_heads: int | Literal["auto"] | None = Field(
         "auto", description="Query heads kept per layer, a whole number of KV head groups; empty = all; auto = "
-                            "every number of head groups the reduction allows is tried (the rest from MLP width) "
-                            "and the one whose model answers more calibration rows is kept")
+                            "all, and up to two smaller numbers of head groups the reduction allows (the rest from "
+                            "MLP width), are tried and the one whose model answers more calibration rows is kept")
     layer_score: Literal["skip", "influence"] = Field(
         "skip", description="Layer importance: skip (answer log-likelihood and general-text loss with the layer "
                             "skipped) or influence (1 - cosine of the layer's input and output, from calibration)")

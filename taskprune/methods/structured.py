@@ -9,8 +9,9 @@ unstructured task-aware method fuses weights (prune.task_aware: alpha, partition
 How much comes from attention and how much from MLP width depends on the task: on SmolLM2-135M at about 10 %,
 removing one of three head groups per layer kept more capital and topics answers than the same parameters taken
 from MLP width, while on sentiment at 30 % width alone kept more (bench/results/structured_heads.md). With
-``keep_heads: auto`` the score step builds the model for each number of head groups the level allows and keeps
-the one that answers more calibration rows (lm-eval, as evaluation scores; all heads on a tie).
+``keep_heads: auto`` the score step scores all heads and up to two smaller numbers of head groups the level
+allows (``taskprune.units.head_options``) on the calibration rows (lm-eval, as evaluation scores) and keeps the one
+that answers more (all heads on a tie).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Structured(Method):
     def settings_label(self, cfg) -> str:
         s = cfg.structured
         return f"reduction{s.reduction:g}" + (f"-depth{s.depth:g}" if s.depth else "") + \
-            (f"-heads{s.keep_heads}" if s.keep_heads != "auto" else "")
+            (f"-heads{s.keep_heads}" if isinstance(s.keep_heads, int) else "")
 
     def check(self, cfg) -> None:
         if cfg.n_m is not None or cfg.allocation != "uniform":
