@@ -111,7 +111,7 @@ class StructuredConfig(_Strict):
     depth: float = Field(0.0, ge=0, le=1, description="Share of that reduction made by removing whole layers "
                                                       "(the rest: MLP channels and head groups)")
     keep_heads: int | Literal["auto"] | None = Field(
-        "auto", description="Query heads kept per layer, a whole number of KV head groups; empty = all; auto = "
+        None, description="Query heads kept per layer, a whole number of KV head groups; empty = all; auto = "
                             "all, and up to two smaller numbers of head groups the reduction allows (the rest from "
                             "MLP width), are tried and the one whose model answers more calibration rows is kept")
     layer_score: Literal["skip", "influence"] = Field(

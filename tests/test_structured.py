@@ -93,17 +93,20 @@ def test_unit_counts_meet_the_budget_with_uniform_widths():
 
 
 def test_auto_heads_offers_all_heads_and_fewer_groups_within_the_reduction():
-    assert head_options(SMOLLM2, StructuredConfig(reduction=0.05)) == [3]  # one group per layer is 8.3 %
-    assert head_options(SMOLLM2, StructuredConfig(reduction=0.1)) == [3, 2]
-    assert head_options(SMOLLM2, StructuredConfig(reduction=0.4)) == [3, 2, 1]
+    def auto(reduction: float) -> StructuredConfig:
+        return StructuredConfig(reduction=reduction, keep_heads="auto")
+
+    assert head_options(SMOLLM2, auto(0.05)) == [3]  # one group per layer is 8.3 %
+    assert head_options(SMOLLM2, auto(0.1)) == [3, 2]
+    assert head_options(SMOLLM2, auto(0.4)) == [3, 2, 1]
     assert head_options(SMOLLM2, StructuredConfig(reduction=0.4, keep_heads=6)) == [2]
-    assert head_options(SMOLLM2, StructuredConfig(reduction=0.4, keep_heads=None)) == [3]
+    assert head_options(SMOLLM2, StructuredConfig(reduction=0.4)) == [3]  # the default: all heads
     many = Units(layers=24, heads=32, kv_heads=32, head_dim=64, hidden=2048, intermediate=8192)
-    assert head_options(many, StructuredConfig(reduction=0.1)) == [32, 26, 20]  # at most three, whatever the heads
+    assert head_options(many, auto(0.1)) == [32, 26, 20]  # at most three, whatever the heads
     one = Units(layers=18, heads=4, kv_heads=1, head_dim=256, hidden=640, intermediate=2048)  # Gemma-3-270M
-    assert head_options(one, StructuredConfig(reduction=0.4)) == [1]
-    for kept in head_options(SMOLLM2, StructuredConfig(reduction=0.2)):  # each option meets the budget
-        assert abs(unit_counts(SMOLLM2, StructuredConfig(reduction=0.2), kept).reduction - 0.2) < 0.005
+    assert head_options(one, auto(0.4)) == [1]
+    for kept in head_options(SMOLLM2, auto(0.2)):  # each option meets the budget
+        assert abs(unit_counts(SMOLLM2, auto(0.2), kept).reduction - 0.2) < 0.005
 
 
 @pytest.mark.parametrize("settings, message", [

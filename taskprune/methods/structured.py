@@ -9,9 +9,9 @@ unstructured task-aware method fuses weights (prune.task_aware: alpha, partition
 How much comes from attention and how much from MLP width depends on the task: on SmolLM2-135M at about 10 %,
 removing one of three head groups per layer kept more capital and topics answers than the same parameters taken
 from MLP width, while on sentiment at 30 % width alone kept more (bench/results/structured_heads.md). With
-``keep_heads: auto`` the score step scores all heads and up to two smaller numbers of head groups the level
-allows (``taskprune.units.head_options``) on the calibration rows (lm-eval, as evaluation scores) and keeps the one
-that answers more (all heads on a tie).
+``keep_heads: auto`` (opt-in, for its cost at size: bench/results/scale.md) the score step scores all heads and up
+to two smaller numbers of head groups the level allows (``taskprune.units.head_options``) on the calibration rows
+(lm-eval, as evaluation scores) and keeps the one that answers more (all heads on a tie).
 """
 
 from __future__ import annotations
