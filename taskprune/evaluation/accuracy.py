@@ -67,6 +67,13 @@ def run_lm_eval(model, tokenizer, test_jsonl: Path, batch_size: int, limit: int 
     }
 
 
+def calibration_accuracy(model, tokenizer, project, batch_size: int) -> float:
+    """Accuracy of ``model`` on the task's calibration rows (lm-eval, as evaluation scores), on its own device: how
+    a method compares variants of a model without touching the validation or test split."""
+    return run_lm_eval(model, tokenizer, project.data / "task_calib.jsonl", batch_size, None,
+                       str(next(model.parameters()).device))["task_accuracy"]
+
+
 def prior_corrected_accuracy(scored: list[tuple[list[str], list[float], int]], min_share: float = 0.05) -> float | None:
     """Accuracy after removing each answer string's prior: from every choice's log-likelihood
     subtract the mean log-likelihood that string gets over the test set.

@@ -84,16 +84,13 @@ class Sieve(Method):
         those (same ranks) answer the calibration rows (lm-eval, as evaluation scores), and the one with more right
         answers stays in ``model`` (plain on a tie). Returns facts for the stage record ({} when there is no choice)."""
         from taskprune.calibration.accumulators import RELATIVE
-        from taskprune.evaluation.accuracy import run_lm_eval
+        from taskprune.evaluation.accuracy import calibration_accuracy
         from taskprune.lowrank import refill_factors
 
         if not any(rank is not None and key + RELATIVE in factors for key, rank in values.items()):
             return {}
-        rows, device = inputs.project.data / "task_calib.jsonl", str(next(model.parameters()).device)
-
         def accuracy() -> float:
-            return run_lm_eval(model, inputs.tokenizer(), rows, params.evaluate.batch_size, None,
-                               device)["task_accuracy"]
+            return calibration_accuracy(model, inputs.tokenizer(), inputs.project, params.evaluate.batch_size)
 
         plain = accuracy()
         changed = refill_factors(model, arch, factors, values, RELATIVE)

@@ -134,15 +134,14 @@ class Structured(Method):
     def heads_accuracy(self, params, model, tokenizer, arch, inputs, units, keeps: dict) -> dict[int, float]:
         """Calibration accuracy (lm-eval on the calibration rows, as evaluation scores) of the model each option
         (KV head groups kept -> ``Keep``, all heads first) makes, computed on ``model`` as the smaller one computes
-        (``as_removed``), so no second model is held. An option that answers no more rows than the best before it
+        (``as_removed``): copies of the output projections, not a second model. An option that answers no more rows than the best before it
         ends the tries: fewer heads than that are not scored."""
-        from taskprune.evaluation.accuracy import run_lm_eval
+        from taskprune.evaluation.accuracy import calibration_accuracy
 
-        rows, device = inputs.project.data / "task_calib.jsonl", str(next(model.parameters()).device)
         accuracy = {}
         for kept, keep in keeps.items():
             with self.as_removed(params.prune, model, arch, keep, units, inputs):
-                value = run_lm_eval(model, tokenizer, rows, params.evaluate.batch_size, None, device)["task_accuracy"]
+                value = calibration_accuracy(model, tokenizer, inputs.project, params.evaluate.batch_size)
             better = not accuracy or value > max(accuracy.values())
             accuracy[kept] = value
             if not better:
