@@ -160,12 +160,9 @@ class Structured(Method):
         the surgery's result: test_structured). Those projections get private copies for the while (the model's
         weights may be views of its file) and are put back on exit."""
         from taskprune.units.importance import skipped
-        from taskprune.units.refit import head_columns
 
-        layers, changed = arch.layers(model), []
-        kept = [(arch.linears(layers[i])[name], columns) for i in keep.layers for name, columns in (
-            (arch.mlp_output, keep.channels[i]),
-            (arch.attention_output, head_columns(keep.groups[i], units.group_size, units.head_dim)))]
+        changed = []
+        kept = [(module, columns) for _, module, columns in self.output_columns(model, arch, keep, units)]
         try:
             for module, _ in kept:
                 changed.append((module, module.weight.data))
@@ -230,22 +227,30 @@ class Structured(Method):
         second moments are mixed as the fusion weighs them (``alpha``; one side for its ablation)."""
         from taskprune.lowrank.factors import mixed_moment
         from taskprune.scoring.task_aware import ablation_sides
-        from taskprune.units.refit import head_columns, refit_columns
+        from taskprune.units.refit import refit_columns
 
         sides = ablation_sides(cfg.task_aware.ablation)
         moments = inputs.moments(sides)
+        for key, module, columns in Structured.output_columns(model, arch, keep, units):
+            h = mixed_moment(moments["general"][key] if "general" in moments else None,
+                             moments[sides[-1]][key], cfg.task_aware.alpha if len(sides) == 2 else 0.0)
+            weight = arch.weight(module)
+            if len(columns) < weight.shape[1]:
+                weight[:, columns] = refit_columns(weight, h, columns, cfg.structured.damp)
+
+    @staticmethod
+    def output_columns(model, arch, keep, units) -> Iterator[tuple[str, torch.nn.Module, list[int]]]:
+        """Each kept layer's two output projections (MLP down, attention output) with the input columns ``keep``
+        keeps: ``("LAYER.NAME", module, columns)``; removing units removes exactly those projections' other columns
+        (and the rows feeding them), so these are the matrices a refit or an in-place removal touches."""
+        from taskprune.units.refit import head_columns
+
         layers = arch.layers(model)
         for i in keep.layers:
             linears = arch.linears(layers[i])
-            for name, columns in ((arch.mlp_output, keep.channels[i]),
-                                  (arch.attention_output, head_columns(keep.groups[i], units.group_size,
-                                                                       units.head_dim))):
-                key = f"{i}.{name}"
-                h = mixed_moment(moments["general"][key] if "general" in moments else None,
-                                 moments[sides[-1]][key], cfg.task_aware.alpha if len(sides) == 2 else 0.0)
-                weight = arch.weight(linears[name])
-                if len(columns) < weight.shape[1]:
-                    weight[:, columns] = refit_columns(weight, h, columns, cfg.structured.damp)
+            yield f"{i}.{arch.mlp_output}", linears[arch.mlp_output], keep.channels[i]
+            yield (f"{i}.{arch.attention_output}", linears[arch.attention_output],
+                   head_columns(keep.groups[i], units.group_size, units.head_dim))
 
     @staticmethod
     def removed_by_unit(units, counts: dict) -> dict[str, float]:
