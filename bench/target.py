@@ -126,6 +126,9 @@ def main() -> None:
                         if (method, level) not in made:
                             made[(method, level)] = frontier.make(method, level)
                         point = judge(made[(method, level)], budgeted, frontier.dense_accuracy)
+                        print(json.dumps({"task": name, "method": method, "budget": budget, "point": level,
+                                          "reduction": point.reduction, "validation": point.validation_accuracy,
+                                          "bound": point.accuracy_bound, "within": point.within}), flush=True)
                         return type(point)(**{**point.as_dict(), "reasons": list(point.reasons)})
 
                     points = search_levels(measure, params.target.levels, params.target.refine,
