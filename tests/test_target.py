@@ -257,6 +257,24 @@ def test_a_point_inside_only_by_the_luck_of_the_sample_does_not_pass():
     assert "at 95% confidence, < 0.760 allowed" in failed.reasons[0]
 
 
+def test_the_frontier_plot_shows_the_bound_each_point_is_judged_by():
+    from matplotlib.collections import LineCollection
+
+    from taskprune.tracking.plots import frontier_figure
+
+    points = [{**_point(0.1, 0.76, accuracy_bound=0.71).as_dict(), "within": False},
+              {**_point(0.2, 0.70).as_dict(), "within": False}]  # no bound (confidence off): no bar
+    frontier = {"dense": {"validation_accuracy": 0.8}, "points": points,
+                "budget": {"min_validation_accuracy": 0.76, "max_accuracy_drop": 0.05},
+                "choice": {**points[0], "within_budget": False}}
+    ax = frontier_figure(frontier, "t").axes[0]
+    bars = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(bars) == 1 and len(bars[0].get_segments()) == 1
+    (start, end), = [segment.tolist() for segment in bars[0].get_segments()]
+    assert start == pytest.approx([0.1, 0.71]) and end == pytest.approx([0.1, 0.76])
+    assert "lower confidence bound" in [t.get_text() for t in ax.get_legend().get_texts()][1]
+
+
 def test_the_frontier_keeps_dense_beside_each_point_only_as_a_teacher():
     from taskprune.frontier import Frontier
 

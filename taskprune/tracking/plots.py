@@ -112,14 +112,24 @@ def pareto_figure(search: dict, title: str):
 
 
 def frontier_figure(frontier: dict, title: str):
-    """Target mode: validation accuracy against parameters removed, one curve per method, the budget line, the
-    dense model at 0 and the chosen point marked."""
+    """Target mode: validation accuracy against parameters removed, one curve per method, each point's lower
+    confidence bound (what the budget is judged by) as a bar below it, the budget line, the dense model at 0 and
+    the chosen point marked."""
     fig, ax = _pyplot().subplots(figsize=(6.5, 4.2))
     dense = frontier["dense"]["validation_accuracy"]
+    bound_label = "lower confidence bound (judged against the budget)"
     for method in dict.fromkeys(p["method"] for p in frontier["points"]):
         points = sorted((p for p in frontier["points"] if p["method"] == method), key=lambda p: p["reduction"])
-        ax.plot([0.0] + [p["reduction"] for p in points], [dense] + [p["validation_accuracy"] for p in points],
-                marker="o", label=method)
+        (line,) = ax.plot([0.0] + [p["reduction"] for p in points],
+                          [dense] + [p["validation_accuracy"] for p in points], marker="o", label=method)
+        bounded = [p for p in points if p.get("accuracy_bound") is not None]
+        if bounded:
+            ax.vlines([p["reduction"] for p in bounded], [p["accuracy_bound"] for p in bounded],
+                      [p["validation_accuracy"] for p in bounded], colors=line.get_color(), linestyles=":", lw=1.2,
+                      label=bound_label)
+            ax.scatter([p["reduction"] for p in bounded], [p["accuracy_bound"] for p in bounded], marker="_", s=60,
+                       color=line.get_color())
+            bound_label = None  # one legend entry for all methods
     floor = frontier["budget"]["min_validation_accuracy"]
     ax.axhline(floor, color="red", ls="--", lw=1,
                label=f"budget: {frontier['budget']['max_accuracy_drop']:.0%} below dense ({floor:.3f})")
