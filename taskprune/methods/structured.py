@@ -134,8 +134,8 @@ class Structured(Method):
     def heads_accuracy(self, params, model, tokenizer, arch, inputs, units, keeps: dict) -> dict[int, float]:
         """Calibration accuracy (lm-eval on the calibration rows, as evaluation scores) of the model each option
         (KV head groups kept -> ``Keep``, all heads first) makes, computed on ``model`` as the smaller one computes
-        (``as_removed``): copies of the output projections, not a second model. An option that answers no more rows than the best before it
-        ends the tries: fewer heads than that are not scored."""
+        (``as_removed``): copies of the output projections, not a second model. An option that answers no more rows
+        than the best before it ends the tries: fewer heads than that are not scored."""
         from taskprune.evaluation.accuracy import calibration_accuracy
 
         accuracy = {}

@@ -124,11 +124,10 @@ def frontier_figure(frontier: dict, title: str):
                           [dense] + [p["validation_accuracy"] for p in points], marker="o", label=method)
         bounded = [p for p in points if p.get("accuracy_bound") is not None]
         if bounded:
-            ax.vlines([p["reduction"] for p in bounded], [p["accuracy_bound"] for p in bounded],
-                      [p["validation_accuracy"] for p in bounded], colors=line.get_color(), linestyles=":", lw=1.2,
-                      label=bound_label)
-            ax.scatter([p["reduction"] for p in bounded], [p["accuracy_bound"] for p in bounded], marker="_", s=60,
-                       color=line.get_color())
+            x, low = [p["reduction"] for p in bounded], [p["accuracy_bound"] for p in bounded]
+            ax.vlines(x, low, [p["validation_accuracy"] for p in bounded], colors=line.get_color(), linestyles=":",
+                      lw=1.2, label=bound_label)
+            ax.scatter(x, low, marker="_", s=60, color=line.get_color())
             bound_label = None  # one legend entry for all methods
     floor = frontier["budget"]["min_validation_accuracy"]
     ax.axhline(floor, color="red", ls="--", lw=1,
